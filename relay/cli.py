@@ -1,0 +1,363 @@
+"""`relay …`: serve, check, and the operator's view into the log."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from relay import __version__, app, logs, sinks
+from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, parse_duration
+from relay.events import Unparseable, parse_body
+from relay.queue import admin, stats
+from relay.rules import format_verdicts, rules_from_notification_xml, rules_to_toml
+
+EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except admin.AdminError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="relay", description="s3-notify-relay")
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(metavar="command")
+
+    sub.add_parser("serve", help="run the relay").set_defaults(run=cmd_serve)
+    sub.add_parser(
+        "check", help="validate the configuration, print it (secrets redacted), probe each sink"
+    ).set_defaults(run=cmd_check)
+    sub.add_parser(
+        "config-reference", help="print every configuration key as Markdown"
+    ).set_defaults(run=cmd_config_reference)
+
+    queue = sub.add_parser("queue", help="the log").add_subparsers(metavar="action")
+    queue.add_parser("stats", help="events, cursors and backlog per sink").set_defaults(
+        run=cmd_queue_stats
+    )
+
+    dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(metavar="action")
+    d = dlq.add_parser("list")
+    d.add_argument("--sink")
+    d.add_argument("--limit", type=int, default=100)
+    d.set_defaults(run=cmd_dlq_list)
+    d = dlq.add_parser("show")
+    d.add_argument("id", type=int)
+    d.set_defaults(run=cmd_dlq_show)
+    for name, fn in (("retry", cmd_dlq_retry), ("purge", cmd_dlq_purge)):
+        d = dlq.add_parser(name)
+        d.add_argument("id", type=int, nargs="?")
+        d.add_argument("--sink")
+        d.add_argument("--all", action="store_true", help="every dead letter (of --sink)")
+        d.set_defaults(run=fn)
+
+    quarantine = sub.add_parser("quarantine", help="unreadable bodies").add_subparsers(
+        metavar="action"
+    )
+    q = quarantine.add_parser("list")
+    q.add_argument("--limit", type=int, default=100)
+    q.set_defaults(run=cmd_quarantine_list)
+    q = quarantine.add_parser("show")
+    q.add_argument("id", type=int)
+    q.set_defaults(run=cmd_quarantine_show)
+    q = quarantine.add_parser("retry")
+    q.add_argument("id", type=int, nargs="?")
+    q.add_argument("--all", action="store_true")
+    q.set_defaults(run=cmd_quarantine_retry)
+
+    r = sub.add_parser("replay", help="deliver events from the log to a sink again")
+    r.add_argument("--sink", required=True)
+    r.add_argument("--since", help="RFC 3339 time or a duration ago (2h); default: all")
+    r.add_argument("--until", help="RFC 3339 time or a duration ago; default: now")
+    r.add_argument("--bucket")
+    r.add_argument("--prefix")
+    r.add_argument("--ignore-rules", action="store_true", help="also events the rules keep away")
+    r.set_defaults(run=cmd_replay)
+
+    rules = sub.add_parser("rules", help="routing rules").add_subparsers(metavar="action")
+    t = rules.add_parser("test", help="which sinks an event body would reach, and why")
+    t.add_argument("event_file")
+    t.add_argument("--source", default="default")
+    t.set_defaults(run=cmd_rules_test)
+    i = rules.add_parser("import", help="S3 NotificationConfiguration XML → rules TOML")
+    i.add_argument("xml_file")
+    i.set_defaults(run=cmd_rules_import)
+    return p
+
+
+def _config() -> app.Config:
+    return app.load_config(os.environ)
+
+
+def _db(config: app.Config) -> Path:
+    return Path(config.settings.data_dir) / app.DB_NAME
+
+
+# -- serve / check ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config()
+    logs.setup(config.settings.log_format, config.settings.log_level)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(app.serve(config))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _config()
+    outputs = app.build_sinks(config)
+    print("relay settings:")
+    for option in RELAY_OPTIONS:
+        value = getattr(config.settings, option.key, None)
+        if option.key == "listen":
+            value = f"{config.settings.listen_host}:{config.settings.listen_port}"
+        shown = "***" if option.secret and value else _show(value)
+        print(f"  RELAY_{option.env} = {shown}")
+    healthy = True
+    for spec, sink in zip(config.specs, outputs):
+        print(f"sink {spec.name}:")
+        for key, value in spec.redacted().items():
+            if value not in ("", None, ()) and key not in ("enable", "comment"):
+                print(f"  {key} = {_show(value)}")
+        health = asyncio.run(_probe(sink))
+        healthy &= health.ok
+        print(f"  reachable: {'yes' if health.ok else 'NO'} ({health.detail})")
+    print(f"rules: {len(config.router.rules)}")
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    return EXIT_OK if healthy else EXIT_UNHEALTHY
+
+
+async def _probe(sink: Any) -> Any:
+    from relay.sinks.base import Health
+
+    try:
+        return await asyncio.wait_for(sink.health(), 10)
+    except Exception as exc:
+        return Health(False, f"{type(exc).__name__}: {exc}")
+    finally:
+        try:
+            await asyncio.wait_for(sink.close(), 5)
+        except Exception:
+            pass
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    print(config_reference())
+    return EXIT_OK
+
+
+def config_reference() -> str:
+    def table(prefix: str, options: Sequence[Option], suffix: str = "") -> list[str]:
+        rows = ["| variable | default | meaning |", "|---|---|---|"]
+        for o in options:
+            default = _show(o.default) if o.default not in ("", (), None) else ""
+            if o.kind == "size" and isinstance(o.default, int) and o.default:
+                default = _size(o.default)
+            if o.kind == "duration" and o.default:
+                default = f"{o.default:g}s"
+            flags = " Required." if o.required else ""
+            flags += " Secret: never shown." if o.secret else ""
+            rows.append(f"| `{prefix}{o.env}{suffix}` | {default} | {o.doc}{flags} |")
+        return rows
+
+    out = ["### Relay settings", "", *table("RELAY_", RELAY_OPTIONS), ""]
+    out += ["### Keys every sink accepts", "",
+            "`RUSTFS_NOTIFY_<TYPE>_<KEY>_<ID>` or `MINIO_NOTIFY_<TYPE>_<KEY>[_<ID>]`.", "",
+            *table("…_", COMMON_OPTIONS, "_<ID>"), ""]  # fmt: skip
+    for sink_type, options in sinks.declared_options().items():
+        module = sinks.module(sink_type)
+        doc = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        out += [f"### Sink `{sink_type}`", "", doc, ""]
+        out += [*table(f"RUSTFS_NOTIFY_{sink_type.upper()}_", options, "_<ID>"), ""]
+    return "\n".join(out)
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+# -- the log ------------------------------------------------------------------------------------
+
+
+def cmd_queue_stats(args: argparse.Namespace) -> int:
+    config = _config()
+    with admin.connect(_db(config)) as conn:
+        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        dead = stats.dead_letter_counts(conn)
+        quarantined = stats.quarantine_count(conn)
+        print(f"events in log: {events}")
+        print(f"quarantined bodies: {quarantined}")
+        print(f"{'sink':<28} {'cursor':>10} {'pending':>10} {'oldest pending':>16} {'dead':>8}")
+        now = time.time()
+        for spec in config.specs:
+            s = stats.sink_stats(conn, spec.name)
+            age = f"{now - s.oldest:.1f}s" if s.oldest else "-"
+            print(f"{spec.name:<28} {s.cursor:>10} {s.pending:>10} {age:>16} "
+                  f"{dead.get(spec.name, 0):>8}")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    with admin.connect(_db(_config())) as conn:
+        rows = admin.list_dead_letters(conn, args.sink, args.limit)
+    for d in rows:
+        print(f"{d.id:>6}  {_time(d.at)}  {d.sink:<24} seq={d.seq:<8} attempts={d.attempts:<3} "
+              f"{d.event_name} {d.bucket}/{d.key}  error: {d.error}")  # fmt: skip
+    print(f"{len(rows)} dead letter(s)")
+    return EXIT_OK
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    with admin.connect(_db(_config())) as conn:
+        print(json.dumps(admin.show_dead_letter(conn, args.id), indent=2))
+    return EXIT_OK
+
+
+def _selection(args: argparse.Namespace) -> tuple[int | None, str | None]:
+    if args.id is None and not args.all and not args.sink:
+        raise admin.AdminError("name a dead letter id, or --sink S, or --all")
+    return args.id, args.sink
+
+
+def cmd_dlq_retry(args: argparse.Namespace) -> int:
+    dlq_id, sink = _selection(args)
+    with admin.connect(_db(_config())) as conn:
+        n = admin.retry_dead_letters(conn, dlq_id, sink)
+    print(f"{n} dead letter(s) queued for redelivery")
+    return EXIT_OK
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    dlq_id, sink = _selection(args)
+    with admin.connect(_db(_config())) as conn:
+        n = admin.purge_dead_letters(conn, dlq_id, sink)
+    print(f"{n} dead letter(s) purged")
+    return EXIT_OK
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    with admin.connect(_db(_config())) as conn:
+        rows = admin.list_quarantine(conn, args.limit)
+    for qid, at, source, reason, size in rows:
+        print(f"{qid:>6}  {_time(at)}  source={source:<16} {size:>8} bytes  {reason}")
+    print(f"{len(rows)} quarantined bod{'y' if len(rows) == 1 else 'ies'}")
+    return EXIT_OK
+
+
+def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    with admin.connect(_db(_config())) as conn:
+        print(json.dumps(admin.show_quarantine(conn, args.id), indent=2))
+    return EXIT_OK
+
+
+def cmd_quarantine_retry(args: argparse.Namespace) -> int:
+    if args.id is None and not args.all:
+        raise admin.AdminError("name a quarantined body id, or --all")
+    with admin.connect(_db(_config())) as conn:
+        results = admin.retry_quarantine(conn, args.id)
+    for r in results:
+        print(f"{r.id:>6}  {'ingested' if r.ok else 'kept'}: {r.detail}")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_UNHEALTHY
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    config = _config()
+    names = [s.name for s in config.specs]
+    sink = next((n for n in names if n.lower() == args.sink.lower()), None)
+    if sink is None:
+        raise admin.AdminError(f"no sink {args.sink!r} (configured: {', '.join(names) or 'none'})")
+    now = time.time()
+    since = _when(args.since, now) if args.since else 0.0
+    until = _when(args.until, now) if args.until else now + 1
+    router = config.router
+    with admin.connect(_db(config)) as conn:
+        n = admin.replay(
+            conn, sink, since, until, args.bucket, args.prefix,
+            (lambda e: True) if args.ignore_rules else (lambda e: router.matches(sink, e.event)),
+        )  # fmt: skip
+    print(f"{n} event(s) queued for redelivery to {sink}")
+    return EXIT_OK
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    config = _config()
+    body = Path(args.event_file).read_bytes()
+    try:
+        parsed = parse_body(body, {}, args.source)
+    except Unparseable as exc:
+        print(f"relay: {args.event_file}: not an event the relay can read: {exc.reason}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_UNHEALTHY
+    names = [s.name for s in config.specs]
+    for event in parsed.events:
+        verdicts = config.router.explain(event)
+        print(format_verdicts(event, verdicts, config.router.sinks_for(event)))
+    if not names:
+        print("(no sink is configured)")
+    return EXIT_OK
+
+
+def cmd_rules_import(args: argparse.Namespace) -> int:
+    text = Path(args.xml_file).read_text("utf-8")
+    rules = rules_from_notification_xml(text, source_name=args.xml_file)
+    print(rules_to_toml(rules), end="")
+    return EXIT_OK
+
+
+def _time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _when(text: str, now: float) -> float:
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise admin.AdminError(f"{text!r} is neither an RFC 3339 time nor a duration") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""Environment → typed settings. Every error names the variable it comes from.
+
+Relay-wide settings are `RELAY_*`. Sinks are declared the way the stores declare their own
+targets (`RUSTFS_NOTIFY_<TYPE>_<KEY>_<ID>`, `MINIO_NOTIFY_<TYPE>_<KEY>[_<ID>]`), so an
+operator can move a target block from the store to the relay unchanged. Each sink module
+declares its options (`OPTIONS`) next to the code that uses them; this module only reads them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+
+class ConfigError(Exception):
+    """An invalid configuration; the message names the variable (or file) and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Value conversions (one spelling everywhere, see the README's "Conventions")
+
+_TRUE = {"on", "true", "yes", "1", "enable", "enabled"}
+_FALSE = {"off", "false", "no", "0", "disable", "disabled", ""}
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use on/off, true/false, yes/no or 1/0)")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds. `500ms`, `5s`, `2m`, `24h`, `7d`; a bare number means seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (use 500ms, 5s, 2m, 24h, 7d)")
+    unit = (match.group(2) or "s").lower()
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE_HINT = "use 512KiB, 8MiB or a number of bytes"
+
+
+def parse_size(text: str) -> int:
+    """Bytes. `512KiB`, `8MiB`, `1GiB`; `KB/MB/GB` are powers of 10; a bare number is bytes."""
+    found = _SIZE_RE.match(text)
+    if found is None:
+        raise ValueError(f'"{text}" is not a size ({_SIZE_HINT})')
+    number, unit = found.groups()
+    factor = _SIZE_UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(f'"{text}" is not a size ({_SIZE_HINT})')
+    value = Fraction(number) * factor
+    if value.denominator != 1:
+        raise ValueError(f'"{text}" is not a whole number of bytes')
+    return int(value)
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in parse_list(text):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network (use CIDR, e.g. 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
+_PARSERS: dict[str, Any] = {
+    "str": str,
+    "int": parse_int,
+    "bool": parse_bool,
+    "duration": parse_duration,
+    "size": parse_size,
+    "list": parse_list,
+    "networks": parse_networks,
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration key, documented where it is declared (the README reference is made
+    from these declarations by `relay config-reference`)."""
+
+    key: str  # lower-case key, e.g. "auth_token"; the env name is its upper-case form
+    kind: str  # str | int | bool | duration | size | list | networks | choice
+    default: Any
+    doc: str
+    secret: bool = False
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    env_key: str = ""  # env spelling when it differs from key.upper() (MinIO has a few)
+
+    @property
+    def env(self) -> str:
+        return self.env_key or self.key.upper()
+
+    def convert(self, text: str, variable: str) -> Any:
+        try:
+            if self.kind == "choice":
+                value = text.strip().lower()
+                if value not in self.choices:
+                    raise ValueError(f"{text!r} is not one of {', '.join(self.choices)}")
+                return value
+            return _PARSERS[self.kind](text)
+        except ValueError as exc:
+            raise ConfigError(f"{variable}: {exc}") from None
+
+
+def redact(option: Option, value: Any) -> Any:
+    if option.secret and value:
+        return "***"
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Relay-wide settings
+
+RELAY_OPTIONS: tuple[Option, ...] = (
+    Option("listen", "str", "0.0.0.0:8080", "Address the ingest server listens on (host:port)."),
+    Option("data_dir", "str", "./relay-data", "Directory holding the SQLite log (relay.db)."),
+    Option(
+        "sync",
+        "choice",
+        "full",
+        "`full`: fsync every commit before the 2xx (survives "
+        "power loss). `normal`: the last commits may roll back on power loss, never on a "
+        "process crash.",
+        choices=("full", "normal"),
+    ),
+    Option(
+        "auth_tokens",
+        "list",
+        (),
+        "Accepted ingest tokens (comma-separated, several for "
+        "rotation). Empty: ingest is open (a warning is logged).",
+        secret=True,
+    ),
+    Option(
+        "trusted_networks",
+        "networks",
+        (),
+        "CIDRs whose requests need no token (Ceph RGW cannot send one).",
+    ),
+    Option("max_body", "size", 1024 * 1024, "Largest request body accepted; larger → 413."),
+    Option(
+        "max_events",
+        "int",
+        5_000_000,
+        "High-water mark of events in the log; over it "
+        "ingest answers 503 + Retry-After (the stores keep the event and retry).",
+    ),
+    Option("max_bytes", "size", 8 * 1024**3, "High-water mark of the log's size on disk."),
+    Option(
+        "min_free_bytes",
+        "size",
+        256 * 1024**2,
+        "Low-water mark of free disk space under the data dir; under it ingest answers 503.",
+    ),
+    Option(
+        "retention",
+        "duration",
+        24 * 3600.0,
+        "How long delivered events stay in the log, for replay. Also the dedup window.",
+    ),
+    Option("rules_file", "str", "", "TOML file of routing rules (see Rules)."),
+    Option(
+        "shutdown_timeout",
+        "duration",
+        10.0,
+        "On SIGTERM, how long in-flight batches may "
+        "take before the relay exits (undelivered events stay in the log).",
+    ),
+    Option(
+        "log_format",
+        "choice",
+        "json",
+        "`json` (one object per line) or `text`.",
+        choices=("json", "text"),
+    ),
+    Option(
+        "log_level",
+        "choice",
+        "info",
+        "debug, info, warning or error.",
+        choices=("debug", "info", "warning", "error"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen_host: str
+    listen_port: int
+    data_dir: str
+    sync: str
+    auth_tokens: tuple[str, ...]
+    trusted_networks: tuple[Any, ...]
+    max_body: int
+    max_events: int
+    max_bytes: int
+    min_free_bytes: int
+    retention: float
+    rules_file: str
+    shutdown_timeout: float
+    log_format: str
+    log_level: str
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    values: dict[str, Any] = {}
+    for option in RELAY_OPTIONS:
+        variable = "RELAY_" + option.env
+        raw = env.get(variable)
+        values[option.key] = option.default if raw is None else option.convert(raw, variable)
+    listen = values.pop("listen")
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"RELAY_LISTEN: {listen!r} is not host:port (e.g. 0.0.0.0:8080)")
+    return Settings(listen_host=host.strip("[]") or "0.0.0.0", listen_port=int(port), **values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinks from RUSTFS_NOTIFY_* / MINIO_NOTIFY_*
+
+# Keys every sink accepts: the relay's delivery policy, plus the stores' own bookkeeping keys
+# (accepted so a target block moves over unchanged; the relay's log replaces their queue).
+COMMON_OPTIONS: tuple[Option, ...] = (
+    Option("enable", "bool", False, "Creates the sink (`on`)."),
+    Option("comment", "str", "", "Free text, ignored."),
+    Option(
+        "queue_dir",
+        "str",
+        "",
+        "Accepted for compatibility and ignored: the relay's log is the queue.",
+    ),
+    Option("queue_limit", "int", 0, "Accepted for compatibility and ignored."),
+    Option(
+        "format",
+        "choice",
+        "minio",
+        "Payload shape: `minio` ({EventName, Key, Records}), "
+        "`records` ({Records}), `cloudevents` (CloudEvents 1.0 JSON), `raw` (the record as "
+        "received).",
+        choices=("minio", "records", "cloudevents", "raw"),
+    ),
+    Option("batch_size", "int", 100, "Most events handed to the sink at once."),
+    Option("batch_bytes", "size", 4 * 1024**2, "Most record bytes handed to the sink at once."),
+    Option("batch_wait", "duration", 0.0, "How long a partial batch may wait for more events."),
+    Option(
+        "concurrency",
+        "int",
+        4,
+        "Events of a batch in flight at once; events of one (bucket, key) always leave in order.",
+    ),
+    Option("timeout", "duration", 10.0, "Per-request timeout."),
+    Option(
+        "max_attempts",
+        "int",
+        0,
+        "Attempts before an event that keeps failing with a "
+        "retryable error is dead-lettered; 0 = never (an outage never fills the DLQ).",
+    ),
+    Option(
+        "max_age", "duration", 0.0, "Age after which a failing event is dead-lettered; 0 = never."
+    ),
+    Option(
+        "backoff_max",
+        "duration",
+        30.0,
+        "Longest wait between attempts (exponential "
+        "backoff with full jitter, persisted across restarts).",
+    ),
+)
+
+ENV_PREFIXES = ("RUSTFS_NOTIFY_", "MINIO_NOTIFY_")
+# Store-wide switches that are not targets; accepted silently.
+_STORE_SWITCHES = {"ENABLE", "TARGET_STREAM_CONCURRENCY", "SEND_CONCURRENCY"}
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """A configured sink: its type, its id and its option values (env strings converted)."""
+
+    type: str
+    id: str
+    options: dict[str, Any]
+    variables: dict[str, str] = field(default_factory=dict)  # option key → env var it came from
+    declared: tuple[Option, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.type}:{self.id}"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.options[key]
+
+    def variable(self, key: str) -> str:
+        default = f"{ENV_PREFIXES[0]}{self.type.upper()}_{key.upper()}_{self.id.upper()}"
+        return self.variables.get(key) or default
+
+    def redacted(self) -> dict[str, Any]:
+        return {o.key: redact(o, self.options.get(o.key)) for o in self.declared}
+
+
+def sink_options(own: Sequence[Option]) -> tuple[Option, ...]:
+    """COMMON_OPTIONS plus a sink's own; a sink may redeclare a common key to give it its
+    own meaning (MinIO's SQL and Redis targets use FORMAT for namespace/access)."""
+    mine = {o.key for o in own}
+    return (*(o for o in COMMON_OPTIONS if o.key not in mine), *own)
+
+
+@dataclass
+class _Instance:
+    prefix: str
+    type: str
+    id: str
+    raw: dict[str, tuple[str, str]] = field(default_factory=dict)  # key → (value, variable)
+
+
+def load_sinks(
+    env: Mapping[str, str], types: Mapping[str, Sequence[Option]]
+) -> tuple[list[SinkSpec], list[str]]:
+    """Sinks declared in env. `types` maps a sink type to its own options (COMMON_OPTIONS are
+    added). Returns (specs, warnings)."""
+    warnings: list[str] = []
+    by_upper = sorted(((t.upper(), t) for t in types), key=lambda p: -len(p[0]))
+    instances: dict[tuple[str, str, str], _Instance] = {}
+    defaults: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+
+    for variable in sorted(env):
+        prefix = next((p for p in ENV_PREFIXES if variable.startswith(p)), None)
+        if prefix is None:
+            continue
+        rest = variable[len(prefix) :]
+        type_name = next((t for up, t in by_upper if rest.startswith(up + "_")), None)
+        if type_name is None:
+            if rest not in _STORE_SWITCHES:
+                warnings.append(f"{variable}: no sink type of that name in the relay; ignored")
+            continue
+        options = sink_options(types[type_name])
+        key, instance_id = _split_key(rest[len(type_name) + 1 :], options)
+        if key is None:
+            known = ", ".join(o.env for o in options)
+            raise ConfigError(f"{variable}: unknown key for a {type_name} sink (known: {known})")
+        value = (env[variable], variable)
+        if instance_id is None:
+            if prefix == "MINIO_NOTIFY_":
+                instance_id = "_"  # MinIO: a key without an id configures the target "_"
+            else:
+                # RustFS: a key without an id is a default for every instance of the type
+                defaults.setdefault((prefix, type_name), {})[key] = value
+                continue
+        ident = instance_id.lower()
+        inst = instances.setdefault((prefix, type_name, ident), _Instance(prefix, type_name, ident))
+        inst.raw[key] = value
+
+    specs: dict[str, SinkSpec] = {}
+    origin: dict[str, str] = {}
+    for (prefix, type_name, ident), inst in sorted(instances.items()):
+        raw = {**defaults.get((prefix, type_name), {}), **inst.raw}
+        if "enable" not in inst.raw:
+            some = next(iter(inst.raw.values()))[1]
+            warnings.append(
+                f"{some}: the {type_name} sink {ident!r} has no "
+                f"{prefix}{type_name.upper()}_ENABLE{'' if ident == '_' else '_' + ident.upper()}"
+                " and is not created"
+            )
+            continue
+        spec = _make_spec(type_name, ident, raw, sink_options(types[type_name]))
+        if not spec.options["enable"]:
+            continue
+        enable_var = raw["enable"][1]
+        if spec.name in specs:
+            raise ConfigError(
+                f"{origin[spec.name]} and {enable_var} both define the sink {spec.name}; "
+                "keep one of them"
+            )
+        specs[spec.name] = spec
+        origin[spec.name] = enable_var
+    return list(specs.values()), warnings
+
+
+def _split_key(rest: str, options: Sequence[Option]) -> tuple[str | None, str | None]:
+    """`AUTH_TOKEN_PRIMARY` → ("auth_token", "PRIMARY"); the longest known key wins."""
+    for option in sorted(options, key=lambda o: -len(o.env)):
+        if rest == option.env:
+            return option.key, None
+        if rest.startswith(option.env + "_") and len(rest) > len(option.env) + 1:
+            return option.key, rest[len(option.env) + 1 :]
+    return None, None
+
+
+def _make_spec(
+    type_name: str, ident: str, raw: dict[str, tuple[str, str]], options: Sequence[Option]
+) -> SinkSpec:
+    values: dict[str, Any] = {}
+    variables: dict[str, str] = {}
+    for option in options:
+        if option.key in raw:
+            text, variable = raw[option.key]
+            values[option.key] = option.convert(text, variable)
+            variables[option.key] = variable
+        else:
+            values[option.key] = option.default
+    spec = SinkSpec(type_name, ident, values, variables, tuple(options))
+    if values["enable"]:
+        for option in options:
+            if option.required and not values[option.key]:
+                raise ConfigError(f"{spec.variable(option.key)}: required for the sink {spec.name}")
+        for key in ("batch_size", "concurrency"):
+            if values[key] < 1:
+                raise ConfigError(f"{spec.variable(key)}: must be at least 1")
+    return spec

@@ -1,0 +1,208 @@
+"""The HTTP side: where object stores POST their notifications.
+
+The contract with the senders: 2xx only once the event is in an fsynced commit (they forget
+it after a 2xx); 202 + quarantine for an authenticated body we cannot read (a 4xx would make
+MinIO's queue retry it forever and block everything behind it); 503 + Retry-After when the
+log is full or the disk low (the stores keep the event and retry: lossless backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from relay import metrics
+from relay.config import Settings
+from relay.events import Unparseable, parse_body
+from relay.queue.log import Log
+
+log = logging.getLogger("relay.ingest")
+
+RETRY_AFTER = "5"
+_CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-amz-security-token"}
+MAX_SOURCE_LABEL = 64
+
+LOG_KEY = web.AppKey("log", Log)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+SINKS_KEY = web.AppKey("sinks", dict)  # sink name → Dispatcher (for readiness detail)
+
+
+def source_label(path: str) -> str:
+    label = path.strip("/")
+    return label[:MAX_SOURCE_LABEL] if label else "default"
+
+
+def presented_tokens(request: web.Request) -> list[str]:
+    """Every credential the request carries: `Bearer <t>`, a bare `<t>` (MinIO's audit
+    webhook sends the token raw), Basic with the token as password (or user), `?token=`."""
+    found: list[str] = []
+    header = request.headers.get("Authorization", "").strip()
+    if header:
+        scheme, _, rest = header.partition(" ")
+        if scheme.lower() == "bearer":
+            found.append(rest.strip())
+        elif scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(rest.strip()).decode().partition(":")
+                found.extend(p for p in (password, user) if p)
+            except (binascii.Error, UnicodeDecodeError):
+                pass
+        else:
+            found.append(header)
+    query_token = request.query.get("token")
+    if query_token:
+        found.append(query_token)
+    return found
+
+
+def authorised(request: web.Request, settings: Settings) -> bool:
+    if not settings.auth_tokens:
+        return True
+    if settings.trusted_networks and request.remote:
+        try:
+            address = ipaddress.ip_address(request.remote)
+        except ValueError:
+            address = None
+        if address is not None and any(address in net for net in settings.trusted_networks):
+            return True
+    ok = False
+    for presented in presented_tokens(request):
+        given = presented.encode()
+        for token in settings.auth_tokens:
+            # no early exit: the time taken does not tell which token came close
+            ok |= hmac.compare_digest(given, token.encode())
+    return ok
+
+
+def safe_headers(request: web.Request) -> str:
+    """The request's headers for the quarantine record, without credentials."""
+    headers: dict[str, Any] = {
+        k: ("***" if k.lower() in _CREDENTIAL_HEADERS else v) for k, v in request.headers.items()
+    }
+    query = {k: ("***" if k == "token" else v) for k, v in request.query.items()}
+    headers["_request"] = {"method": request.method, "path": request.path, "query": query,
+                           "remote": request.remote}  # fmt: skip
+    return json.dumps(headers)
+
+
+def _json(status: int, body: dict[str, Any], **headers: str) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(body).encode(), content_type="application/json",
+        headers=headers,
+    )  # fmt: skip
+
+
+def _reject(reason: str, status: int, message: str, **headers: str) -> web.Response:
+    metrics.INGEST_REJECTED.labels(reason).inc()
+    return _json(status, {"error": message}, **headers)
+
+
+async def receive(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS_KEY]
+    event_log = request.app[LOG_KEY]
+    if not authorised(request, settings):
+        return _reject("unauthorized", 401, "missing or wrong token")
+    if event_log.pressure:
+        return _reject(
+            event_log.pressure, 503, f"the relay is not accepting events: {event_log.pressure}",
+            **{"Retry-After": RETRY_AFTER},
+        )  # fmt: skip
+    if request.content_length is not None and request.content_length > settings.max_body:
+        return _reject("too_large", 413, f"body over {settings.max_body} bytes")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _reject("too_large", 413, f"body over {settings.max_body} bytes")
+    source = source_label(request.path)
+    try:
+        parsed = parse_body(body, request.headers, source)
+    except Unparseable as exc:
+        return await _quarantine(request, event_log, source, exc.reason, body)
+    if parsed.test_event:
+        metrics.TEST_EVENTS.inc()
+        return _json(200, {"accepted": 0, "duplicates": 0})
+    started = time.perf_counter()
+    try:
+        result = await event_log.append(parsed.events)
+    except Exception as exc:  # disk full, I/O error, shutting down (LogClosed)
+        log.error("append failed", extra={"error": str(exc), "source": source})
+        return _reject(
+            "error", 503, "the log cannot take events now", **{"Retry-After": RETRY_AFTER}
+        )
+    metrics.INGEST_COMMIT_SECONDS.observe(time.perf_counter() - started)
+    if result.accepted:
+        metrics.EVENTS_RECEIVED.labels(source, parsed.events[0].dialect).inc(result.accepted)
+    if result.duplicates:
+        metrics.EVENTS_DUPLICATE.inc(result.duplicates)
+    return _json(200, {"accepted": result.accepted, "duplicates": result.duplicates})
+
+
+async def _quarantine(
+    request: web.Request, event_log: Log, source: str, reason: str, body: bytes
+) -> web.Response:
+    try:
+        qid = await event_log.quarantine(source, reason, safe_headers(request), body)
+    except Exception as exc:
+        log.error("quarantine failed", extra={"error": str(exc), "source": source})
+        return _reject(
+            "error", 503, "the log cannot take events now", **{"Retry-After": RETRY_AFTER}
+        )
+    metrics.INGEST_REJECTED.labels("quarantined").inc()
+    log.warning("body quarantined", extra={"id": qid, "reason": reason, "source": source})
+    return _json(202, {"quarantined": qid, "reason": reason})
+
+
+async def root(request: web.Request) -> web.Response:
+    # RustFS probes HEAD / without a token before it delivers; MinIO only dials the port.
+    return web.Response(text="s3-notify-relay\n")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(200, {"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    event_log = request.app[LOG_KEY]
+    dispatchers = request.app[SINKS_KEY]
+    sinks = {name: ("up" if d.up else "down" if d.up is False else "starting")
+             for name, d in dispatchers.items()}  # fmt: skip
+    body: dict[str, Any] = {"ready": event_log.pressure is None, "sinks": sinks}
+    if event_log.pressure:
+        body["reason"] = event_log.pressure
+        return _json(503, body, **{"Retry-After": RETRY_AFTER})
+    return _json(200, body)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    payload = await asyncio.to_thread(metrics.render)
+    return web.Response(body=payload, content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})  # fmt: skip
+
+
+def make_app(settings: Settings, event_log: Log, dispatchers: dict[str, Any]) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body, handler_args={"max_field_size": 16384})
+    app[SETTINGS_KEY] = settings
+    app[LOG_KEY] = event_log
+    app[SINKS_KEY] = dispatchers
+    app.router.add_get("/", root)  # HEAD / too
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_post("/{source:.*}", receive)
+    return app
+
+
+def ingest_warnings(settings: Settings) -> Sequence[str]:
+    if not settings.auth_tokens:
+        return ["RELAY_AUTH_TOKENS is empty: anyone who can reach the port can post events"]
+    return []

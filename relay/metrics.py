@@ -1,0 +1,130 @@
+"""Every Prometheus metric of the relay, in one place.
+
+Counters and histograms are updated where things happen. Gauges about the log (size, pending,
+oldest pending, dead letters) are read from the log when /metrics is scraped, so they cost
+nothing on the ingest or delivery paths and are always exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from relay.queue import stats
+
+if TYPE_CHECKING:
+    from relay.queue.log import Log
+
+disable_created_metrics()  # the *_created series only double the scrape size
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_RECEIVED = Counter(
+    "relay_events_received_total", "Events accepted into the log (after dedup).",
+    ["source", "dialect"], registry=REGISTRY,
+)  # fmt: skip
+EVENTS_DUPLICATE = Counter(
+    "relay_events_duplicate_total",
+    "Events answered 2xx but not stored: already in the log.",
+    registry=REGISTRY,
+)
+INGEST_REJECTED = Counter(
+    "relay_ingest_rejected_total",
+    "Requests not stored: unauthorized, too_large, quarantined, log_full_events, "
+    "log_full_bytes, disk_low, error.",
+    ["reason"], registry=REGISTRY,
+)  # fmt: skip
+INGEST_COMMIT_SECONDS = Histogram(
+    "relay_ingest_commit_seconds", "From hand-off to the writer until the fsynced commit.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)  # fmt: skip
+TEST_EVENTS = Counter(
+    "relay_test_events_total",
+    "AWS s3:TestEvent and empty-body pings answered 200.",
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "relay_deliveries_total", "Events handed to a sink, by outcome: delivered, retry, dead_letter.",
+    ["sink", "outcome"], registry=REGISTRY,
+)  # fmt: skip
+DELIVERY_SECONDS = Histogram(
+    "relay_delivery_seconds", "Time a sink took to take one batch.", ["sink"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)  # fmt: skip
+RETRIES = Counter(
+    "relay_retries_total", "Retryable failures, each followed by a scheduled retry.",
+    ["sink"], registry=REGISTRY,
+)  # fmt: skip
+SINK_UP = Gauge(
+    "relay_sink_up", "1 when the sink's last attempt succeeded, 0 while it is failing.",
+    ["sink"], registry=REGISTRY,
+)  # fmt: skip
+
+
+class LogCollector(Collector):
+    """Reads the log's gauges at scrape time."""
+
+    def __init__(self, log: Log, sinks: Sequence[str]) -> None:
+        self.log = log
+        self.sinks = list(sinks)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        log = self.log
+        yield GaugeMetricFamily("relay_log_events", "Events in the log.", value=log.events)
+        yield GaugeMetricFamily("relay_log_bytes", "Bytes in use in the log file.", value=log.bytes)
+        yield GaugeMetricFamily(
+            "relay_disk_free_bytes", "Free space under the data dir.", value=log.free_disk
+        )
+        yield GaugeMetricFamily(
+            "relay_backpressure", "1 while ingest answers 503 (log over a mark).",
+            value=1 if log.pressure else 0,
+        )  # fmt: skip
+        conn = log.reader()
+        now = time.time()
+        pending = GaugeMetricFamily(
+            "relay_sink_pending", "Events past the sink's cursor, plus queued redeliveries.",
+            labels=["sink"],
+        )  # fmt: skip
+        oldest = GaugeMetricFamily(
+            "relay_sink_oldest_pending_seconds", "Age of the sink's oldest pending event.",
+            labels=["sink"],
+        )  # fmt: skip
+        dead = GaugeMetricFamily("relay_dead_letters", "Dead letters per sink.", labels=["sink"])
+        counts = stats.dead_letter_counts(conn)
+        for sink in self.sinks:
+            s = stats.sink_stats(conn, sink)
+            pending.add_metric([sink], s.pending)
+            oldest.add_metric([sink], max(0.0, now - s.oldest) if s.oldest else 0.0)
+            dead.add_metric([sink], counts.get(sink, 0))
+        yield pending
+        yield oldest
+        yield dead
+        yield GaugeMetricFamily(
+            "relay_quarantined", "Bodies in quarantine.", value=stats.quarantine_count(conn)
+        )
+
+
+def install(log: Log, sinks: Sequence[str]) -> None:
+    REGISTRY.register(LogCollector(log, sinks))
+    for sink in sinks:
+        SINK_UP.labels(sink).set(0)
+        for outcome in ("delivered", "retry", "dead_letter"):
+            DELIVERIES.labels(sink, outcome)
+        RETRIES.labels(sink)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

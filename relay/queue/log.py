@@ -1,0 +1,463 @@
+"""The durable log: one writer thread that group-commits, and read-only readers.
+
+Every write (append, cursor advance, retry schedule, dead letter, prune, checkpoint) goes
+through the writer thread, which owns the only write connection. Callers hand it a command
+and await a future; the writer drains whatever is waiting, runs it all in one
+`BEGIN IMMEDIATE` transaction, commits (fsync with synchronous=FULL) and only then resolves
+the futures, all of them in one hop back to the event loop. So an HTTP handler that awaits
+`append()` answers 2xx only once its event is on disk, and the fsync cost is shared by every
+request that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from relay.events import Event
+from relay.queue import migrations
+from relay.queue.queries import Q
+
+log = logging.getLogger("relay.log")
+
+MAX_ROWS_PER_COMMIT = 1000
+MAINTENANCE_EVERY = 1.0  # seconds between checks of disk space, WAL size and retention
+PRUNE_EVERY = 10.0
+PRUNE_CHUNK = 10_000
+WAL_TRUNCATE_BYTES = 16 * 1024 * 1024
+MIN_SQLITE = (3, 35, 0)  # RETURNING, and the upsert syntax in queries.sql
+
+
+class LogClosed(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """An event as it sits in the log."""
+
+    seq: int
+    received_at: float
+    event: Event
+
+
+@dataclass(slots=True)
+class AppendResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What one dispatch round did to a sink's share of the log, written in one transaction."""
+
+    sink: str
+    cursor: int | None = None  # every seq <= this is done for the sink
+    delivered_redeliveries: list[int] = field(default_factory=list)
+    dead: list[tuple[int, int, str]] = field(default_factory=list)  # (seq, attempts, error)
+    retry: tuple[int, int, float, float, str] | None = None  # seq, attempts, first, next, error
+
+
+@dataclass(slots=True)
+class _Command:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any] | None
+    weight: int = 1
+    wakes: bool = False  # an append: dispatchers are woken after the commit
+
+
+_STOP = object()
+_ATTRS = msgspec.json.Encoder()
+_ATTRS_DECODER = msgspec.json.Decoder(dict[str, dict[str, str]])
+
+
+class Log:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        sync: str = "full",
+        retention: float = 86400.0,
+        max_events: int = 5_000_000,
+        max_bytes: int = 8 * 1024**3,
+        min_free_bytes: int = 0,
+        prune_every: float = PRUNE_EVERY,
+    ) -> None:
+        self.path = Path(path)
+        self.sync = sync
+        self.retention = retention
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.prune_every = prune_every
+        self.events = 0  # rows in `events`, kept by the writer
+        self.bytes = 0  # bytes in use in the database file
+        self.free_disk = 0
+        self.pressure: str | None = None  # why ingest must answer 503, or None
+        self.commits = 0
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: set[asyncio.Event] = set()
+        self._sinks: tuple[str, ...] = ()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or migrate the database and start the writer. Safe to call before the event
+        loop runs; the loop is picked up on the first write."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old; 3.35 or newer needed")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        migrations.migrate(self.path)
+        conn = self._connect()
+        try:
+            self.events = conn.execute(Q["log_counts"]).fetchone()[0]
+            self._measure(conn)
+        finally:
+            conn.close()
+        self._thread = threading.Thread(target=self._run, name="relay-log-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(_STOP)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    def set_sinks(self, names: Sequence[str]) -> None:
+        """The sinks whose cursors hold back retention."""
+        self._sinks = tuple(names)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[Event]) -> AppendResult:
+        rows = [event_row(e) for e in events]
+        return await self._submit(lambda conn: _insert_events(self, conn, rows), len(rows), True)
+
+    async def quarantine(self, source: str, reason: str, headers: str, body: bytes) -> int:
+        def insert(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(Q["insert_quarantine"], (time.time(), source, reason, headers, body))
+            return int(cur.lastrowid or 0)
+
+        return int(await self._submit(insert))
+
+    async def init_cursors(self, sinks: Sequence[str]) -> None:
+        def init(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            for sink in sinks:
+                conn.execute(Q["init_cursor"], (sink, now))
+
+        await self._submit(init)
+
+    async def settle(self, s: Settlement) -> None:
+        await self._submit(lambda conn: _settle(conn, s))
+
+    async def write(self, fn: Callable[[sqlite3.Connection], Any], *, wakes: bool = False) -> Any:
+        """Run `fn(conn)` inside the writer's next transaction (admin operations)."""
+        return await self._submit(fn, 1, wakes)
+
+    def _submit(
+        self, fn: Callable[[sqlite3.Connection], Any], weight: int = 1, wakes: bool = False
+    ) -> asyncio.Future[Any]:
+        if self._closed:
+            raise LogClosed("the log is closed")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        future = self._loop.create_future()
+        self._inbox.put(_Command(fn, future, weight, wakes))
+        return future
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (WAL readers never block the writer)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect(readonly=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await asyncio.to_thread(lambda: fn(self.reader()))
+
+    def entries_after(self, seq: int, limit: int) -> list[LogEntry]:
+        rows = self.reader().execute(Q["events_after"], (seq, limit)).fetchall()
+        return [entry_from_row(r) for r in rows]
+
+    def redeliveries(self, sink: str, limit: int) -> list[LogEntry]:
+        rows = self.reader().execute(Q["redeliveries_for"], (sink, limit)).fetchall()
+        return [entry_from_row(r) for r in rows]
+
+    def cursor(self, sink: str) -> int:
+        row = self.reader().execute(Q["get_cursor"], (sink,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def retry_state(self, sink: str, seq: int) -> tuple[int, float, float, str] | None:
+        return self.reader().execute(Q["get_retry"], (sink, seq)).fetchone()
+
+    # -- wake-ups -----------------------------------------------------------------------------
+
+    def listener(self) -> asyncio.Event:
+        """An asyncio.Event set after every commit that appended events."""
+        event = asyncio.Event()
+        self._listeners.add(event)
+        return event
+
+    def _after_commit(self, done: list[tuple[asyncio.Future[Any], Any, bool]], woke: bool) -> None:
+        for future, result, failed in done:
+            if future.done():
+                continue
+            if failed:
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        if woke:
+            for event in self._listeners:
+                event.set()
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _connect(self, readonly: bool = False) -> sqlite3.Connection:
+        if readonly:
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA query_only = 1")
+        else:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA synchronous = {self.sync.upper()}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA cache_size = -16000")
+        return conn
+
+    def _run(self) -> None:
+        conn = self._connect()
+        last_maintenance = last_prune = time.monotonic()
+        try:
+            while True:
+                try:
+                    first = self._inbox.get(timeout=MAINTENANCE_EVERY)
+                except queue.Empty:
+                    first = None
+                if first is _STOP:
+                    break
+                batch: list[_Command] = []
+                stop = False
+                if first is not None:
+                    batch.append(first)
+                    weight = first.weight
+                    while weight < MAX_ROWS_PER_COMMIT:
+                        try:
+                            nxt = self._inbox.get_nowait()
+                        except queue.Empty:
+                            break
+                        if nxt is _STOP:
+                            stop = True
+                            break
+                        batch.append(nxt)
+                        weight += nxt.weight
+                    self._commit(conn, batch)
+                now = time.monotonic()
+                if now - last_maintenance >= MAINTENANCE_EVERY:
+                    last_maintenance = now
+                    prune = now - last_prune >= self.prune_every or self._near_mark()
+                    if prune:
+                        last_prune = now
+                    self._maintain(conn, prune=prune, idle=first is None)
+                if stop:
+                    break
+        except Exception:
+            log.exception("the log writer stopped on an unexpected error")
+            raise
+        finally:
+            self._fail_waiting(LogClosed("the log writer has stopped"))
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Command]) -> None:
+        done: list[tuple[asyncio.Future[Any], Any, bool]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [cmd.fn(conn) for cmd in batch]
+            conn.execute("COMMIT")
+            self.commits += 1
+            done = [(c.future, r, False) for c, r in zip(batch, results) if c.future]
+        except Exception as exc:
+            _rollback(conn)
+            if len(batch) == 1 or isinstance(exc, sqlite3.OperationalError):
+                # Disk full, I/O error, lock: nothing of this batch is on disk.
+                log.error("log commit failed", extra={"error": str(exc)})
+                done = [(c.future, exc, True) for c in batch if c.future]
+            else:
+                # One command is at fault: commit the others on their own.
+                for cmd in batch:
+                    self._commit(conn, [cmd])
+                return
+        self._measure(conn)
+        woke = any(c.wakes for c in batch)
+        if self._loop is not None and (done or woke):
+            self._loop.call_soon_threadsafe(self._after_commit, done, woke)
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        done = []
+        while True:
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if cmd is not _STOP and cmd.future is not None:
+                done.append((cmd.future, exc, True))
+        if done and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._after_commit, done, False)
+
+    def _measure(self, conn: sqlite3.Connection) -> None:
+        page_size, pages, free = (
+            conn.execute(f"PRAGMA {p}").fetchone()[0]
+            for p in ("page_size", "page_count", "freelist_count")
+        )
+        self.bytes = (pages - free) * page_size
+        self._update_pressure()
+
+    def _update_pressure(self) -> None:
+        if self.events >= self.max_events:
+            self.pressure = "log_full_events"
+        elif self.bytes >= self.max_bytes:
+            self.pressure = "log_full_bytes"
+        elif self.min_free_bytes and self.free_disk and self.free_disk < self.min_free_bytes:
+            self.pressure = "disk_low"
+        else:
+            self.pressure = None
+
+    def _near_mark(self) -> bool:
+        return self.events >= 0.9 * self.max_events or self.bytes >= 0.9 * self.max_bytes
+
+    def _maintain(self, conn: sqlite3.Connection, *, prune: bool, idle: bool) -> None:
+        try:
+            stat = os.statvfs(self.path.parent)
+            self.free_disk = stat.f_bavail * stat.f_frsize
+            if prune:
+                self._prune(conn)
+            wal = self.path.with_name(self.path.name + "-wal")
+            if idle and wal.exists() and wal.stat().st_size > WAL_TRUNCATE_BYTES:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if idle and prune:
+                conn.execute("PRAGMA incremental_vacuum(2000)")
+            self._measure(conn)
+        except sqlite3.Error as exc:
+            log.warning("log maintenance failed", extra={"error": str(exc)})
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """Delete delivered events past retention (or, near the high-water mark, every
+        delivered event), in range deletes of PRUNE_CHUNK rows per transaction."""
+        max_seq = conn.execute(Q["max_seq"]).fetchone()[0]
+        cursors = [conn.execute(Q["get_cursor"], (s,)).fetchone() for s in self._sinks]
+        done_upto = min([c[0] if c else 0 for c in cursors], default=max_seq)
+        cutoff = time.time() if self._near_mark() else time.time() - self.retention
+        first_kept = conn.execute(Q["first_seq_since"], (cutoff,)).fetchone()
+        upto = min(done_upto, first_kept[0] - 1 if first_kept else max_seq)
+        low = conn.execute(Q["min_event_seq"]).fetchone()[0] - 1
+        deleted = 0
+        while low < upto:
+            high = min(low + PRUNE_CHUNK, upto)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                deleted += conn.execute(Q["prune_range"], (low, high)).rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                _rollback(conn)
+                raise
+            low = high
+        if deleted:
+            self.events -= deleted
+            log.debug("pruned events", extra={"deleted": deleted, "upto": upto})
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _insert_events(
+    log_: Log, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]
+) -> AppendResult:
+    now = time.time()
+    accepted = 0
+    insert = Q["insert_event"]
+    for row in rows:
+        accepted += conn.execute(insert, (row[0], now, *row[1:])).rowcount
+    log_.events += accepted
+    return AppendResult(accepted, len(rows) - accepted)
+
+
+def _settle(conn: sqlite3.Connection, s: Settlement) -> None:
+    now = time.time()
+    for seq, attempts, error in s.dead:
+        conn.execute(Q["insert_dead_letter"], (s.sink, seq, attempts, error, now))
+        conn.execute(Q["delete_retry"], (s.sink, seq))
+        conn.execute(Q["delete_redelivery"], (s.sink, seq))
+    for seq in s.delivered_redeliveries:
+        conn.execute(Q["delete_redelivery"], (s.sink, seq))
+        conn.execute(Q["delete_retry"], (s.sink, seq))
+    if s.cursor is not None:
+        conn.execute(Q["advance_cursor"], (s.cursor, now, s.sink))
+        conn.execute(Q["delete_retries_upto"], (s.sink, s.cursor))
+    if s.retry is not None:
+        conn.execute(Q["upsert_retry"], (s.sink, *s.retry))
+
+
+def event_row(e: Event) -> tuple[Any, ...]:
+    attrs = None
+    if e.metadata or e.tags:
+        attrs = _ATTRS.encode({"metadata": e.metadata, "tags": e.tags}).decode()
+    return (
+        e.event_id, e.source, e.dialect, e.event_name, e.bucket, e.key, e.size, e.etag,
+        e.version_id, e.sequencer, e.event_time, e.principal, e.source_ip, e.user_agent,
+        e.request_id, e.sender_event_id, attrs, e.record,
+    )  # fmt: skip
+
+
+def entry_from_row(row: Sequence[Any]) -> LogEntry:
+    """A row of `events_after`, `redeliveries_for` or `replay_select` as a LogEntry."""
+    attrs = _ATTRS_DECODER.decode(row[18]) if row[18] else {}
+    event = Event(
+        source=row[3], dialect=row[4], event_name=row[5], bucket=row[6], key=row[7],
+        record=bytes(row[19]), size=row[8], etag=row[9], version_id=row[10], sequencer=row[11],
+        event_time=row[12], principal=row[13], source_ip=row[14], user_agent=row[15],
+        request_id=row[16], sender_event_id=row[17], metadata=attrs.get("metadata", {}),
+        tags=attrs.get("tags", {}), event_id=row[2],
+    )  # fmt: skip
+    return LogEntry(seq=row[0], received_at=row[1], event=event)

@@ -1,0 +1,42 @@
+"""Schema versions, applied in order at start-up (before the writer thread exists)."""
+
+from __future__ import annotations
+
+import sqlite3
+from importlib import resources
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATIONS = Migrations("s3-notify-relay")
+
+
+def _statements(sql: str) -> list[str]:
+    statements, current = [], ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
+
+
+@MIGRATIONS(name="0001_schema")
+def _schema(db: Database) -> None:
+    sql = resources.files("relay.queue").joinpath("schema.sql").read_text("utf-8")
+    for statement in _statements(sql):
+        db.execute(statement)
+
+
+def migrate(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+            # Only settable before the first table: lets the writer hand pages back to the
+            # file system after a backlog drains, in small steps, without a full VACUUM.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("PRAGMA journal_mode = WAL")
+        MIGRATIONS.apply(Database(conn))
+    finally:
+        conn.close()

@@ -1,0 +1,144 @@
+-- Every query the relay runs, by name. Python calls them as Q["name"].
+
+-- name: insert_event
+-- OR IGNORE on the event_id index is the dedup: rowcount 0 means "already in the log".
+INSERT OR IGNORE INTO events (
+    event_id, received_at, source, dialect, event_name, bucket, key, size, etag, version_id,
+    sequencer, event_time, principal, source_ip, user_agent, request_id, sender_event_id,
+    attrs, record
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: insert_quarantine
+INSERT INTO quarantine (received_at, source, reason, headers, body) VALUES (?, ?, ?, ?, ?);
+
+-- name: events_after
+-- A sink's next window of the log.
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events WHERE seq > ? ORDER BY seq LIMIT ?;
+
+-- name: redeliveries_for
+SELECT e.seq, e.received_at, e.event_id, e.source, e.dialect, e.event_name, e.bucket, e.key,
+       e.size, e.etag, e.version_id, e.sequencer, e.event_time, e.principal, e.source_ip,
+       e.user_agent, e.request_id, e.sender_event_id, e.attrs, e.record
+FROM redeliveries r JOIN events e ON e.seq = r.seq
+WHERE r.sink = ? ORDER BY r.seq LIMIT ?;
+
+-- name: orphan_redeliveries
+-- Redeliveries whose event was purged meanwhile; the dispatcher drops them.
+DELETE FROM redeliveries WHERE sink = ? AND seq NOT IN (SELECT seq FROM events);
+
+-- name: get_cursor
+SELECT seq FROM cursors WHERE sink = ?;
+
+-- name: init_cursor
+-- A new sink starts at the head of the log: it receives what arrives from now on; older
+-- events reach it only through an explicit replay.
+INSERT OR IGNORE INTO cursors (sink, seq, updated_at)
+VALUES (?, (SELECT coalesce(max(seq), 0) FROM events), ?);
+
+-- name: advance_cursor
+UPDATE cursors SET seq = max(seq, ?), updated_at = ? WHERE sink = ?;
+
+-- name: get_retry
+SELECT attempts, first_at, next_at, last_error FROM retries WHERE sink = ? AND seq = ?;
+
+-- name: upsert_retry
+INSERT INTO retries (sink, seq, attempts, first_at, next_at, last_error)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (sink, seq) DO UPDATE SET
+    attempts = excluded.attempts, next_at = excluded.next_at, last_error = excluded.last_error;
+
+-- name: delete_retry
+DELETE FROM retries WHERE sink = ? AND seq = ?;
+
+-- name: delete_retries_upto
+DELETE FROM retries WHERE sink = ? AND seq <= ?;
+
+-- name: insert_dead_letter
+INSERT INTO dead_letters (sink, seq, attempts, error, at) VALUES (?, ?, ?, ?, ?);
+
+-- name: delete_redelivery
+DELETE FROM redeliveries WHERE sink = ? AND seq = ?;
+
+-- name: log_counts
+SELECT count(*) FROM events;
+
+-- name: max_seq
+SELECT coalesce(max(seq), 0) FROM events;
+
+-- name: first_seq_since
+-- The oldest event that is still inside the retention window.
+SELECT seq FROM events WHERE received_at >= ? ORDER BY seq LIMIT 1;
+
+-- name: prune_range
+-- Range delete of delivered events past retention; rows a dead letter or redelivery still
+-- needs are kept.
+DELETE FROM events
+WHERE seq > ? AND seq <= ?
+  AND seq NOT IN (SELECT seq FROM dead_letters)
+  AND seq NOT IN (SELECT seq FROM redeliveries);
+
+-- name: min_event_seq
+SELECT coalesce(min(seq), 0) FROM events;
+
+-- name: oldest_after
+-- When the first event past a cursor arrived (the sink's oldest pending event).
+SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1;
+
+-- name: redelivery_stats
+SELECT count(*), min(e.received_at)
+FROM redeliveries r JOIN events e ON e.seq = r.seq WHERE r.sink = ?;
+
+-- name: dead_letter_counts
+SELECT sink, count(*) FROM dead_letters GROUP BY sink;
+
+-- name: quarantine_count
+SELECT count(*) FROM quarantine;
+
+-- name: list_dead_letters
+SELECT d.id, d.sink, d.seq, d.attempts, d.error, d.at, e.event_name, e.bucket, e.key
+FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq
+WHERE (? IS NULL OR d.sink = ?) ORDER BY d.id LIMIT ?;
+
+-- name: get_dead_letter
+SELECT d.id, d.sink, d.seq, d.attempts, d.error, d.at, e.event_id, e.event_name, e.bucket,
+       e.key, e.record
+FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq WHERE d.id = ?;
+
+-- name: dead_letters_for_retry
+SELECT id, sink, seq FROM dead_letters
+WHERE (? IS NULL OR id = ?) AND (? IS NULL OR sink = ?);
+
+-- name: requeue_dead_letter
+INSERT OR IGNORE INTO redeliveries (sink, seq, reason) VALUES (?, ?, 'dlq-retry');
+
+-- name: delete_dead_letter
+DELETE FROM dead_letters WHERE id = ?;
+
+-- name: list_quarantine
+SELECT id, received_at, source, reason, length(body) FROM quarantine ORDER BY id LIMIT ?;
+
+-- name: get_quarantine
+SELECT id, received_at, source, reason, headers, body FROM quarantine WHERE id = ?;
+
+-- name: delete_quarantine
+DELETE FROM quarantine WHERE id = ?;
+
+-- name: replay_select
+-- Events an operator replays to a sink: by time range, bucket and key prefix.
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events
+WHERE received_at >= ? AND received_at < ?
+  AND (? IS NULL OR bucket = ?)
+  AND (? IS NULL OR substr(key, 1, length(?)) = ?)
+ORDER BY seq;
+
+-- name: insert_redelivery
+INSERT OR IGNORE INTO redeliveries (sink, seq, reason) VALUES (?, ?, ?);
+
+-- name: list_cursors
+SELECT sink, seq, updated_at FROM cursors ORDER BY sink;

@@ -1,0 +1,39 @@
+"""Read-only views of the log for metrics, `relay queue stats` and the admin commands."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from relay.queue.queries import Q
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    sink: str
+    cursor: int
+    pending: int  # events past the cursor (before rules) + queued redeliveries
+    oldest: float | None  # received_at of the oldest pending event
+    redeliveries: int
+
+
+def sink_stats(conn: sqlite3.Connection, sink: str) -> SinkStats:
+    row = conn.execute(Q["get_cursor"], (sink,)).fetchone()
+    cursor = int(row[0]) if row else 0
+    max_seq = conn.execute(Q["max_seq"]).fetchone()[0]
+    # seqs are never reused and only done rows are pruned, so this is exact and O(1)
+    after = max(0, max_seq - cursor)
+    oldest_row = conn.execute(Q["oldest_after"], (cursor,)).fetchone()
+    redeliveries, oldest_redelivery = conn.execute(Q["redelivery_stats"], (sink,)).fetchone()
+    candidates = [t for t in (oldest_row and oldest_row[0], oldest_redelivery) if t]
+    return SinkStats(
+        sink, cursor, after + redeliveries, min(candidates, default=None), redeliveries
+    )
+
+
+def dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    return {sink: n for sink, n in conn.execute(Q["dead_letter_counts"])}
+
+
+def quarantine_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(Q["quarantine_count"]).fetchone()[0])

@@ -1,0 +1,93 @@
+"""`relay serve` as a real subprocess on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.waiting import eventually
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RelayProcess:
+    def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("RELAY_", "RUSTFS_", "MINIO_"))
+            },
+            "RELAY_LISTEN": f"127.0.0.1:{self.port}",
+            "RELAY_DATA_DIR": str(workdir / "data"),
+            "RELAY_LOG_FORMAT": "json",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "relay.log"
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 20.0) -> RelayProcess:
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve"],
+            env=self.env, stdout=log, stderr=log, cwd=self.workdir,
+        )  # fmt: skip
+        log.close()
+
+        async def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"relay exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(self.url + "/healthz") as response:
+                        return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(ready, timeout=timeout)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as on a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    async def stop(self, timeout: float = 20.0) -> int:
+        if not self.proc or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "relay", *args],
+            env=self.env, capture_output=True, text=True, timeout=60, cwd=self.workdir,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"relay {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout}\n{result.stderr}")  # fmt: skip
+        return result
