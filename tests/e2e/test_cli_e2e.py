@@ -1,0 +1,155 @@
+"""The operator's commands against a real relay process and its log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.bodies import minio_body
+from tests.support.receiver import Receiver
+from tests.support.relay_process import RelayProcess, free_port
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+TOKEN = "cli-token-51d"
+SECRET = "hunter2-webhook-secret"
+
+
+def env(receiver: Receiver, **extra: str) -> dict[str, str]:
+    return {
+        "RELAY_AUTH_TOKENS": TOKEN,
+        "RUSTFS_NOTIFY_WEBHOOK_ENABLE_MAIN": "on",
+        "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_MAIN": receiver.url,
+        "RUSTFS_NOTIFY_WEBHOOK_AUTH_TOKEN_MAIN": SECRET,
+        "RUSTFS_NOTIFY_WEBHOOK_BACKOFF_MAX_MAIN": "300ms",
+        **extra,
+    }
+
+
+async def post_all(relay: RelayProcess, bodies: list[bytes]) -> list[int]:
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for body in bodies:
+            async with session.post(
+                relay.url + "/cli", data=body, headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as response:
+                statuses.append(response.status)
+    return statuses
+
+
+def relay_cli(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args], env=env, capture_output=True, text=True,
+        timeout=60, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_invalid_config_exits_2_naming_the_variable_and_touches_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    base = {"PATH": "/usr/bin:/bin", "RELAY_DATA_DIR": str(data)}
+    for bad, variable in (
+        ({"RELAY_SYNC": "sometimes"}, "RELAY_SYNC"),
+        ({"RUSTFS_NOTIFY_WEBHOOK_ENABLE_X": "on"}, "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_X"),
+        ({"RUSTFS_NOTIFY_WEBHOOK_ENABLE_X": "on", "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_X": "ftp://h"},
+         "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_X"),
+        ({"RELAY_RULE_A_MIN_SIZE": "big"}, "RELAY_RULE_A_MIN_SIZE"),
+    ):  # fmt: skip
+        result = relay_cli({**base, **bad}, "serve", cwd=tmp_path)
+        assert result.returncode == 2, result
+        assert variable in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not data.exists()
+
+
+async def test_check_redacts_secrets_and_reports_reachability(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    ok = relay_cli(RelayProcess(tmp_path, env(receiver)).env, "check", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "sink webhook:main:" in ok.stdout and "reachable: yes" in ok.stdout
+    dead_env = env(
+        receiver, RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_MAIN=f"http://127.0.0.1:{free_port()}/x"
+    )
+    down = relay_cli(RelayProcess(tmp_path, dead_env).env, "check", cwd=tmp_path)
+    assert down.returncode == 1
+    assert "reachable: NO" in down.stdout
+    for result in (ok, down):
+        assert SECRET not in result.stdout + result.stderr
+        assert TOKEN not in result.stdout + result.stderr
+        assert "auth_token = ***" in result.stdout
+
+
+async def test_dlq_retry_and_replay_through_the_cli(
+    receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    receiver.status = 400  # the receiver rejects everything: dead letters
+    relay = await relay_factory(env(receiver)).start()
+    assert await post_all(relay, [minio_body("b", f"k{n}", n) for n in range(3)]) == [200] * 3
+    await eventually(lambda: "3 dead letter(s)" in relay.cli("dlq", "list").stdout)
+    listed = relay.cli("dlq", "list").stdout
+    assert "HTTP 400" in listed and "b/k0" in listed
+    assert receiver.received == []
+
+    receiver.status = 200  # the cause is fixed
+    assert "3 dead letter(s) queued" in relay.cli("dlq", "retry", "--all").stdout
+    await receiver.wait_for(3)
+    assert "0 dead letter(s)" in relay.cli("dlq", "list").stdout
+
+    replayed = relay.cli("replay", "--sink", "webhook:main", "--prefix", "k1").stdout
+    assert "1 event(s) queued" in replayed
+    got = await receiver.wait_for(4)
+    assert [r.json()["Key"] for r in got].count("b/k1") == 2
+    assert got[-1].headers["webhook-id"] == next(
+        r.headers["webhook-id"] for r in got[:3] if r.json()["Key"] == "b/k1"
+    )  # a replay carries the same event id, so the receiver can tell
+
+
+async def test_rules_test_explains_routing(tmp_path: Path, receiver: Receiver) -> None:
+    event_file = tmp_path / "event.json"
+    event_file.write_bytes(minio_body("photos", "2024/cat 1.jpg", 1))
+    rules = {
+        "RELAY_RULE_JPG_SUFFIX": ".jpg",
+        "RELAY_RULE_JPG_SINKS": "webhook:main",
+        "RELAY_RULE_TXT_SUFFIX": ".txt",
+        "RELAY_RULE_TXT_SINKS": "webhook:main",
+    }
+    result = relay_cli(
+        RelayProcess(tmp_path, env(receiver, **rules)).env, "rules", "test", str(event_file),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "webhook:main" in result.stdout
+    assert "txt" in result.stdout and '".txt"' in result.stdout  # why the other rule missed
+
+
+async def test_backpressure_answers_503_and_recovers(
+    receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    receiver.status = 503
+    relay = await relay_factory(env(receiver, RELAY_MAX_EVENTS="5", RELAY_RETENTION="0s")).start()
+    statuses = await post_all(relay, [minio_body("b", f"k{n}", n) for n in range(5)])
+    assert statuses == [200] * 5
+    blocked = await post_all(relay, [minio_body("b", "k5", 5)])
+    assert blocked == [503]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(relay.url + "/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["reason"] == "log_full_events"
+    receiver.status = 200  # the sink drains, retention prunes, ingest opens again
+    await receiver.wait_for(5)
+
+    async def accepted() -> bool:
+        return await post_all(relay, [minio_body("b", "k5", 5)]) == [200]
+
+    await eventually(accepted, timeout=30, interval=0.5)
+    await receiver.wait_for(6)
+    body = json.loads(
+        relay.cli("queue", "stats").stdout.split("\n")[0].replace("events in log: ", "")
+    )
+    assert body <= 6
