@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -153,3 +154,25 @@ async def test_backpressure_answers_503_and_recovers(
         relay.cli("queue", "stats").stdout.split("\n")[0].replace("events in log: ", "")
     )
     assert body <= 6
+
+
+async def test_quarantine_retry_ingests_bodies_that_now_parse(
+    receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    relay = await relay_factory(env(receiver)).start()
+    # A Ceph body cut short in transit: unreadable, so quarantined, not dropped.
+    good = minio_body("q", "late.txt", 7)
+    assert await post_all(relay, [good[:-5], b"\xff\xfe not even utf-8"]) == [202, 202]
+    listed = relay.cli("quarantine", "list").stdout
+    assert "2 quarantined bodies" in listed
+    kept = relay.cli("quarantine", "retry", "--all", check=False)
+    assert kept.returncode == 1 and kept.stdout.count("kept: still unreadable") == 2
+    # An operator repairs the stored body (here: directly in the log) and retries it.
+    db = relay.workdir / "data" / "relay.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE quarantine SET body = ? WHERE id = 1", (good,))
+    retried = relay.cli("quarantine", "retry", "1")
+    assert "ingested: 1 event(s) accepted" in retried.stdout
+    got = await receiver.wait_for(1)
+    assert got[0].json()["Key"] == "q/late.txt"
+    assert "1 quarantined body" in relay.cli("quarantine", "list").stdout
