@@ -56,8 +56,8 @@ async def run_cuts(
         await relay.start()
         stop = asyncio.Event()
         generator = asyncio.create_task(load.run(stop, concurrency=16))
-        before = len(load.acked)
-        await eventually(lambda: len(load.acked) >= before + 2000, timeout=60)
+        target = len(load.acked) + 2000
+        await eventually(lambda target=target: len(load.acked) >= target, timeout=60)
         relay.kill()
         stop.set()
         await generator
