@@ -15,6 +15,8 @@ from aiohttp import web
 from relay import ingest, metrics, sinks
 from relay.config import Settings, SinkSpec, load_settings, load_sinks
 from relay.dispatch import Dispatcher, Policy
+from relay.queue import fsck
+from relay.queue.fsck import LogDamaged
 from relay.queue.log import Log
 from relay.rules import Router, rules_from_env, rules_from_toml
 from relay.sinks.base import Sink
@@ -73,7 +75,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         log.warning(warning)
     outputs = build_sinks(config)  # before the log: a bad sink config touches nothing
     event_log = open_log(settings)
-    event_log.open()
+    try:
+        event_log.open()
+    except LogDamaged as exc:
+        if settings.on_damage != "set-aside":
+            raise
+        moved = fsck.set_aside(event_log.path)
+        log.error("log damaged: set aside, starting a new log",
+                  extra={"error": str(exc), "damaged_copy": str(moved)})  # fmt: skip
+        event_log = open_log(settings)
+        event_log.open()
     names = [s.name for s in outputs]
     event_log.set_sinks(names)
     await event_log.init_cursors(names)
@@ -94,7 +105,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         "relay listening",
         extra={"listen": f"{settings.listen_host}:{settings.listen_port}", "sinks": names,
                "data_dir": settings.data_dir, "sync": settings.sync,
-               "events_in_log": event_log.events},
+               "events_in_log": event_log.events,
+               "log_check_seconds": round(event_log.open_seconds, 3)},
     )  # fmt: skip
 
     stop = stop or asyncio.Event()

@@ -16,10 +16,10 @@ from typing import Any
 from relay import __version__, app, logs, sinks
 from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, parse_duration
 from relay.events import Unparseable, parse_body
-from relay.queue import admin, stats
+from relay.queue import admin, fsck, stats
 from relay.rules import format_verdicts, rules_from_notification_xml, rules_to_toml
 
-EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG, EXIT_DAMAGED = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except admin.AdminError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return EXIT_UNHEALTHY
+    except fsck.LogDamaged as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "config-reference", help="print every configuration key as Markdown"
     ).set_defaults(run=cmd_config_reference)
+
+    f = sub.add_parser("fsck", help="check the log's integrity (run with the relay stopped)")
+    f.add_argument(
+        "--repair", action="store_true",
+        help="copy every readable row into a new log; the damaged file is kept",
+    )  # fmt: skip
+    f.set_defaults(run=cmd_fsck)
 
     queue = sub.add_parser("queue", help="the log").add_subparsers(metavar="action")
     queue.add_parser("stats", help="events, cursors and backlog per sink").set_defaults(
@@ -127,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runner = asyncio.Runner()
     with runner:
         runner.run(app.serve(config))
-    return EXIT_OK
+    return EXIT_OK  # a damaged log surfaces as fsck.LogDamaged, handled in main()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -231,6 +241,30 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
             age = f"{now - s.oldest:.1f}s" if s.oldest else "-"
             print(f"{spec.name:<28} {s.cursor:>10} {s.pending:>10} {age:>16} "
                   f"{dead.get(spec.name, 0):>8}")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    config = _config()
+    path = _db(config)
+    if not path.exists():
+        raise admin.AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")
+    problems = fsck.check(path)
+    if not problems:
+        print(f"{path}: ok")
+        return EXIT_OK
+    print(f"{path}: damaged")
+    for problem in problems[:20]:
+        print(f"  {problem}")
+    if not args.repair:
+        print("run `relay fsck --repair` to copy every readable row into a new log")
+        return EXIT_DAMAGED
+    sinks = [s.name for s in config.specs]
+    report = fsck.repair(path, sinks, progress=lambda line: print(f"  {line}"))
+    print(f"repaired: {report.copied.get('events', 0)} events copied, up to seq "
+          f"{report.highest_seq}; gaps below it: {report.lost_ranges.get('events', [])} "
+          "(pruned events leave gaps too); events after it may be lost if the end of the "
+          f"file was damaged; damaged file kept at {report.damaged_copy}")  # fmt: skip
     return EXIT_OK
 
 

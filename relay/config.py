@@ -198,6 +198,15 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         24 * 3600.0,
         "How long delivered events stay in the log, for replay. Also the dedup window.",
     ),
+    Option(
+        "on_damage",
+        "choice",
+        "refuse",
+        "When the log file is damaged at start: `refuse` "
+        "(exit 3 with a message; repair with `relay fsck --repair`) or `set-aside` (move the "
+        "damaged file aside, start a new log, log an error).",
+        choices=("refuse", "set-aside"),
+    ),
     Option("rules_file", "str", "", "TOML file of routing rules (see Rules)."),
     Option(
         "shutdown_timeout",
@@ -236,6 +245,7 @@ class Settings:
     max_bytes: int
     min_free_bytes: int
     retention: float
+    on_damage: str
     rules_file: str
     shutdown_timeout: float
     log_format: str

@@ -27,6 +27,7 @@ import msgspec
 
 from relay.events import Event
 from relay.queue import migrations
+from relay.queue.fsck import LogDamaged
 from relay.queue.queries import Q
 
 log = logging.getLogger("relay.log")
@@ -106,6 +107,7 @@ class Log:
         self.free_disk = 0
         self.pressure: str | None = None  # why ingest must answer 503, or None
         self.commits = 0
+        self.open_seconds = 0.0  # integrity check and counts at start
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,13 +126,28 @@ class Log:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old; 3.35 or newer needed")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        migrations.migrate(self.path)
-        conn = self._connect()
         try:
-            self.events = conn.execute(Q["log_counts"]).fetchone()[0]
-            self._measure(conn)
-        finally:
-            conn.close()
+            migrations.migrate(self.path)
+            conn = self._connect()
+            try:
+                started = time.monotonic()
+                # Damage must stop us here, not surface later as a sink stuck on one event.
+                # Reads every page once: measured in the log line below, see the README.
+                problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError("; ".join(problems))
+                self.events = conn.execute(Q["log_counts"]).fetchone()[0]
+                self._measure(conn)
+                self.open_seconds = time.monotonic() - started
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise LogDamaged(
+                f"the log at {self.path} cannot be read ({exc}). Nothing was changed. "
+                "Run `relay fsck --repair` to copy every readable event into a new log "
+                "(the damaged file is kept), or set RELAY_ON_DAMAGE=set-aside to start on a "
+                "new log at once."
+            ) from None
         self._thread = threading.Thread(target=self._run, name="relay-log-writer", daemon=True)
         self._thread.start()
 
