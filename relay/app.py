@@ -97,7 +97,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     tasks = [asyncio.create_task(d.run(), name=f"dispatch {n}") for n, d in dispatchers.items()]
 
     app = ingest.make_app(settings, event_log, dispatchers)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    # keepalive_timeout also closes a connection that never completes its headers
+    # (aiohttp arms it when the connection opens): no slowloris.
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=settings.shutdown_timeout,
+        keepalive_timeout=settings.request_timeout,
+    )  # fmt: skip
     await runner.setup()
     site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=1024)
     await site.start()

@@ -179,6 +179,14 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_body", "size", 1024 * 1024, "Largest request body accepted; larger → 413."),
     Option(
+        "request_timeout",
+        "duration",
+        15.0,
+        "A connection that completes no request for "
+        "this long is closed, and a body must arrive within it (→ 408): slow clients "
+        "cannot hold connections.",
+    ),
+    Option(
         "max_events",
         "int",
         5_000_000,
@@ -241,6 +249,7 @@ class Settings:
     auth_tokens: tuple[str, ...]
     trusted_networks: tuple[Any, ...]
     max_body: int
+    request_timeout: float
     max_events: int
     max_bytes: int
     min_free_bytes: int

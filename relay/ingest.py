@@ -120,9 +120,12 @@ async def receive(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > settings.max_body:
         return _reject("too_large", 413, f"body over {settings.max_body} bytes")
     try:
-        body = await request.read()
+        async with asyncio.timeout(settings.request_timeout):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _reject("too_large", 413, f"body over {settings.max_body} bytes")
+    except TimeoutError:
+        return _reject("slow_client", 408, "the body did not arrive in time")
     source = source_label(request.path)
     try:
         parsed = parse_body(body, request.headers, source)

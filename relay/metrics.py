@@ -41,7 +41,7 @@ EVENTS_DUPLICATE = Counter(
 )
 INGEST_REJECTED = Counter(
     "relay_ingest_rejected_total",
-    "Requests not stored: unauthorized, too_large, quarantined, log_full_events, "
+    "Requests not stored: unauthorized, too_large, slow_client, quarantined, log_full_events, "
     "log_full_bytes, disk_low, error.",
     ["reason"], registry=REGISTRY,
 )  # fmt: skip
