@@ -172,6 +172,14 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "ingest_signing_secrets",
+        "list",
+        (),
+        "Standard Webhooks secrets (`whsec_…`) of senders that sign: a request with a valid "
+        "`webhook-signature` needs no token, one with an invalid signature gets 401.",
+        secret=True,
+    ),
+    Option(
         "trusted_networks",
         "networks",
         (),
@@ -247,6 +255,7 @@ class Settings:
     data_dir: str
     sync: str
     auth_tokens: tuple[str, ...]
+    ingest_signing_secrets: tuple[str, ...]
     trusted_networks: tuple[Any, ...]
     max_body: int
     request_timeout: float
@@ -293,10 +302,10 @@ COMMON_OPTIONS: tuple[Option, ...] = (
         "format",
         "choice",
         "minio",
-        "Payload shape: `minio` ({EventName, Key, Records}), "
-        "`records` ({Records}), `cloudevents` (CloudEvents 1.0 JSON), `raw` (the record as "
-        "received).",
-        choices=("minio", "records", "cloudevents", "raw"),
+        "Payload shape: `minio` ({EventName, Key, Records}), `records` ({Records}), "
+        "`cloudevents` (CloudEvents 1.0 JSON), `envelope` (a flat projection for event "
+        "buses), `raw` (the record as received).",
+        choices=("minio", "records", "cloudevents", "envelope", "raw"),
     ),
     Option("batch_size", "int", 100, "Most events handed to the sink at once."),
     Option("batch_bytes", "size", 4 * 1024**2, "Most record bytes handed to the sink at once."),

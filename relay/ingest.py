@@ -21,8 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import metrics
-from relay.config import Settings
+from relay import metrics, signing
+from relay.config import ConfigError, Settings
 from relay.events import Unparseable, parse_body
 from relay.queue.log import Log
 
@@ -35,6 +35,7 @@ MAX_SOURCE_LABEL = 64
 LOG_KEY = web.AppKey("log", Log)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 SINKS_KEY = web.AppKey("sinks", dict)  # sink name → Dispatcher (for readiness detail)
+SIGNING_KEYS = web.AppKey("signing_keys", list)
 
 
 def source_label(path: str) -> str:
@@ -110,7 +111,9 @@ def _reject(reason: str, status: int, message: str, **headers: str) -> web.Respo
 async def receive(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS_KEY]
     event_log = request.app[LOG_KEY]
-    if not authorised(request, settings):
+    keys = request.app[SIGNING_KEYS]
+    signed = bool(keys) and "webhook-signature" in request.headers
+    if not signed and not authorised(request, settings):
         return _reject("unauthorized", 401, "missing or wrong token")
     if event_log.pressure:
         return _reject(
@@ -126,6 +129,11 @@ async def receive(request: web.Request) -> web.Response:
         return _reject("too_large", 413, f"body over {settings.max_body} bytes")
     except TimeoutError:
         return _reject("slow_client", 408, "the body did not arrive in time")
+    if signed:
+        try:
+            signing.verify(keys, request.headers, body)
+        except signing.SignatureError as exc:
+            return _reject("bad_signature", 401, f"signature not accepted: {exc}")
     source = source_label(request.path)
     try:
         parsed = parse_body(body, request.headers, source)
@@ -197,6 +205,7 @@ def make_app(settings: Settings, event_log: Log, dispatchers: dict[str, Any]) ->
     app[SETTINGS_KEY] = settings
     app[LOG_KEY] = event_log
     app[SINKS_KEY] = dispatchers
+    app[SIGNING_KEYS] = signing_keys(settings)
     app.router.add_get("/", root)  # HEAD / too
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -205,7 +214,15 @@ def make_app(settings: Settings, event_log: Log, dispatchers: dict[str, Any]) ->
     return app
 
 
+def signing_keys(settings: Settings) -> list[bytes]:
+    try:
+        return [signing.secret_key(s) for s in settings.ingest_signing_secrets]
+    except ValueError as exc:
+        raise ConfigError(f"RELAY_INGEST_SIGNING_SECRETS: {exc}") from None
+
+
 def ingest_warnings(settings: Settings) -> Sequence[str]:
-    if not settings.auth_tokens:
+    signing_keys(settings)  # validates
+    if not settings.auth_tokens and not settings.ingest_signing_secrets:
         return ["RELAY_AUTH_TOKENS is empty: anyone who can reach the port can post events"]
     return []

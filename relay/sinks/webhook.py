@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from relay import __version__
+from relay import __version__, signing
 from relay.config import ConfigError, Option, SinkSpec
 from relay.queue.log import LogEntry
 from relay.sinks.base import Health, Permanent, Result, Retryable, send_each
-from relay.sinks.formats import content_type, render
+from relay.sinks.formats import cloudevent_headers, content_type, render
 
 TYPE = "webhook"
 OPTIONS = (
@@ -37,6 +37,24 @@ OPTIONS = (
     Option("client_key", "str", "", "PEM key of the client certificate.", secret=False),
     Option("client_ca", "str", "", "PEM CA bundle that signs the endpoint's certificate."),
     Option("skip_tls_verify", "bool", False, "Do not verify the endpoint's certificate."),
+    Option(
+        "signing_secret",
+        "list",
+        (),
+        "Standard Webhooks secrets (`whsec_…`, several for "
+        "rotation): every request gets `webhook-timestamp` and `webhook-signature` (HMAC-SHA256 "
+        "over `id.timestamp.body`).",
+        secret=True,
+    ),
+    Option(
+        "cloudevents_mode",
+        "choice",
+        "structured",
+        "With FORMAT=cloudevents: `structured` "
+        "(one JSON document) or `binary` (`ce-*` headers, the record as the body, as Ceph "
+        "sends).",
+        choices=("structured", "binary"),
+    ),
 )
 
 RETRYABLE_STATUS = {408, 425, 429}
@@ -76,6 +94,11 @@ class WebhookSink:
                 )
             self.headers["Authorization"] = auth
         self.ssl = _ssl_context(spec) if parts.scheme == "https" else None
+        try:
+            self.signing_keys = [signing.secret_key(s) for s in spec["signing_secret"]]
+        except ValueError as exc:
+            raise ConfigError(f"{spec.variable('signing_secret')}: {exc}") from None
+        self.binary = self.format == "cloudevents" and spec["cloudevents_mode"] == "binary"
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -94,13 +117,18 @@ class WebhookSink:
 
     async def _post(self, entry: LogEntry) -> None:
         assert self.session is not None, "start() first"
-        body = render(entry, self.format)
+        if self.binary:
+            body = entry.event.record
+            headers = cloudevent_headers(entry)
+        else:
+            body = render(entry, self.format)
+            headers = {}
+        headers["webhook-id"] = entry.event.event_id
+        if self.signing_keys:
+            headers.update(signing.sign(self.signing_keys, entry.event.event_id, body))
         try:
             async with self.session.post(
-                self.endpoint,
-                data=body,
-                headers={"webhook-id": entry.event.event_id},
-                allow_redirects=False,
+                self.endpoint, data=body, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
                 if 200 <= status < 300:

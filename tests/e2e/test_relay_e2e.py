@@ -11,6 +11,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
+from relay import signing
 from tests.conftest import FIXTURES
 from tests.support.bodies import minio_body
 from tests.support.receiver import Receiver
@@ -237,3 +238,20 @@ async def test_metrics_have_live_values(
 async def _when(text_future, predicate):  # type: ignore[no-untyped-def]
     text = await text_future
     return text if predicate(text) else None
+
+
+async def test_signed_ingest_needs_no_token_and_bad_signatures_are_refused(
+    receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    relay = await relay_factory(webhook_env(receiver, RELAY_INGEST_SIGNING_SECRETS=secret)).start()
+    body = minio_body("signed", "k", 1)
+    good = signing.sign([signing.secret_key(secret)], "msg-1", body)
+    bad = {**good, "webhook-signature": "v1,AAAA"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.url, data=body, headers=good) as r:
+            assert r.status == 200
+        async with session.post(relay.url, data=body, headers=bad) as r:
+            assert r.status == 401
+            assert "signature" in (await r.json())["error"]
+    assert (await receiver.wait_for(1))[0].json()["Key"] == "signed/k"

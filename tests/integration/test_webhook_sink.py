@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 
+from relay import signing
 from tests.support.pipeline import minio_event, pipeline
 from tests.support.receiver import Receiver
 
@@ -88,3 +90,28 @@ async def test_max_attempts_dead_letters_a_retryable_failure(
         await pipe.settled()
         dead = await pipe.dead_letters()
     assert len(dead) == 1 and "HTTP 503" in dead[0][1]
+
+
+async def test_signed_requests_verify_with_the_standard_algorithm(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    async with pipeline(tmp_path, env(receiver, SIGNING_SECRET=secret)) as pipe:
+        await pipe.append([minio_event("b", "k", 1)])
+        got = await receiver.wait_for(1)
+    signing.verify([signing.secret_key(secret)], got[0].headers, got[0].body)
+    with pytest.raises(signing.SignatureError):
+        signing.verify([b"another key"], got[0].headers, got[0].body)
+
+
+async def test_cloudevents_binary_mode(tmp_path: Path, receiver: Receiver) -> None:
+    event = minio_event("b", "dir/k.txt", 1)
+    async with pipeline(
+        tmp_path, env(receiver, FORMAT="cloudevents", CLOUDEVENTS_MODE="binary")
+    ) as pipe:
+        await pipe.append([event])
+        got = await receiver.wait_for(1)
+    assert got[0].body == event.record
+    assert got[0].headers["ce-type"] == "com.amazonaws.s3.ObjectCreated:Put"
+    assert got[0].headers["ce-subject"] == "dir/k.txt"
+    assert got[0].headers["ce-id"] == event.event_id
