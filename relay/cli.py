@@ -47,9 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="command")
 
     sub.add_parser("serve", help="run the relay").set_defaults(run=cmd_serve)
-    sub.add_parser(
+    check = sub.add_parser(
         "check", help="validate the configuration, print it (secrets redacted), probe each sink"
-    ).set_defaults(run=cmd_check)
+    )
+    check.add_argument(
+        "--print-ddl", action="store_true",
+        help="print the CREATE TABLE statements of the SQL sinks and exit",
+    )  # fmt: skip
+    check.set_defaults(run=cmd_check)
     sub.add_parser(
         "config-reference", help="print every configuration key as Markdown"
     ).set_defaults(run=cmd_config_reference)
@@ -142,6 +147,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _config()
+    if args.print_ddl:
+        for spec in config.specs:
+            module = sinks.module(spec.type)
+            if hasattr(module, "ddl"):
+                print(f"-- {spec.name}\n{module.ddl(spec)}")
+        return EXIT_OK
     outputs = app.build_sinks(config)
     print("relay settings:")
     for option in RELAY_OPTIONS:

@@ -49,3 +49,5 @@ def setup(fmt: str = "json", level: str = "info") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would be a line per request, i.e. per event
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # a warning per reconnect attempt during an outage; the relay logs "sink down" once
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -179,6 +179,17 @@ def _compile_events(patterns: Iterable[str]) -> _EventSet:
     return _EventSet(False, frozenset(exact), kept)
 
 
+def compile_event_patterns(patterns: Sequence[str], variable: str) -> _EventSet | None:
+    """Event patterns as rules read them (wildcards, aliases, lifecycle families) for a sink
+    option such as DELETE_ON. None for an empty list (matches nothing, unlike a rule's
+    empty EVENTS); ConfigError naming `variable` for a pattern that is not valid."""
+    for pattern in patterns:
+        error = _pattern_error(pattern)
+        if error:
+            raise ConfigError(f"{variable}: {error}")
+    return _compile_events(patterns) if patterns else None
+
+
 def _unknown_family(pattern: str) -> bool:
     canon = canonical_event_name(pattern)
     if canon == "s3:*":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from relay.queue.log import LogEntry
@@ -105,6 +106,27 @@ async def _run_lane(
             for later in indexes[position + 1 :]:
                 results[later] = skipped
             return
+
+
+def event_time(entry: LogEntry) -> datetime:
+    """The record's eventTime (RFC 3339, any precision) in UTC; when it is absent, cannot be
+    read or is a zero value (year 1 from Go), the time the relay received the event."""
+    text = entry.event.event_time
+    if text:
+        try:
+            parsed = datetime.fromisoformat(text.strip())
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.year >= 1970:
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC)
+    return datetime.fromtimestamp(entry.received_at, UTC)
+
+
+def object_name(entry: LogEntry) -> str:
+    """`bucket/decoded key`: what the stores use as a target's key for an object."""
+    return f"{entry.event.bucket}/{entry.event.key}"
 
 
 def exc_text(exc: BaseException | None) -> str:
