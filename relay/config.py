@@ -125,6 +125,7 @@ class Option:
     required: bool = False
     choices: tuple[str, ...] = ()
     env_key: str = ""  # env spelling when it differs from key.upper() (MinIO has a few)
+    aliases: tuple[str, ...] = ()  # another store's env spelling of the same key
 
     @property
     def env(self) -> str:
@@ -446,11 +447,12 @@ def load_sinks(
 
 def _split_key(rest: str, options: Sequence[Option]) -> tuple[str | None, str | None]:
     """`AUTH_TOKEN_PRIMARY` → ("auth_token", "PRIMARY"); the longest known key wins."""
-    for option in sorted(options, key=lambda o: -len(o.env)):
-        if rest == option.env:
+    spellings = [(env, o) for o in options for env in (o.env, *o.aliases)]
+    for env, option in sorted(spellings, key=lambda pair: -len(pair[0])):
+        if rest == env:
             return option.key, None
-        if rest.startswith(option.env + "_") and len(rest) > len(option.env) + 1:
-            return option.key, rest[len(option.env) + 1 :]
+        if rest.startswith(env + "_") and len(rest) > len(env) + 1:
+            return option.key, rest[len(env) + 1 :]
     return None, None
 
 

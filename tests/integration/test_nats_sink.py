@@ -1,0 +1,437 @@
+"""The NATS sink against real nats-server instances (the shared one on 4222 and private
+ones for outages), driven by the real dispatcher and log. Every message is read back by an
+independent connection set up before anything is published."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from relay import sinks
+from relay.config import ConfigError, load_sinks
+from relay.events import Event
+from relay.sinks.base import Retryable
+from tests.support.pipeline import minio_event, pipeline
+from tests.support.servers import (
+    PrivateServer,
+    nats_server,
+    nats_server_with_config,
+    require_server,
+    tls_files,
+)
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+SHARED = "nats://127.0.0.1:4222"
+START_SHARED = (
+    "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- "
+    "-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
+)
+
+
+def env(address: str, subject: str, **extra: str) -> dict[str, str]:
+    return {
+        "RUSTFS_NOTIFY_NATS_ENABLE_T": "on",
+        "RUSTFS_NOTIFY_NATS_ADDRESS_T": address,
+        "RUSTFS_NOTIFY_NATS_SUBJECT_T": subject,
+        "RUSTFS_NOTIFY_NATS_BACKOFF_MAX_T": "300ms",
+        "RUSTFS_NOTIFY_NATS_TIMEOUT_T": "2s",
+        **{f"RUSTFS_NOTIFY_NATS_{k}_T": v for k, v in extra.items()},
+    }
+
+
+@pytest.fixture
+async def shared() -> AsyncIterator[NatsClient]:
+    """An independent connection to the machine's NATS server (the test's consumer)."""
+    require_server(4222, "NATS (nats-server -js)", START_SHARED)
+    nc = await nats.connect(SHARED, connect_timeout=5, allow_reconnect=False)
+    yield nc
+    await nc.close()
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def expected_body(e: Event) -> dict[str, object]:
+    return {
+        "EventName": e.event_name,
+        "Key": f"{e.bucket}/{e.key}",
+        "Records": [json.loads(e.record)],
+    }
+
+
+async def make_stream(nc: NatsClient, name: str, subjects: list[str]) -> None:
+    await nc.jetstream().add_stream(
+        StreamConfig(name=name, subjects=subjects, storage=StorageType.FILE, duplicate_window=120)
+    )
+
+
+async def drop_stream(nc: NatsClient, name: str) -> None:
+    with contextlib.suppress(NotFoundError):  # the test failed before creating it
+        await nc.jetstream().delete_stream(name)
+
+
+async def stream_messages(nc: NatsClient, stream: str) -> list[Msg]:
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    first, last = info.state.first_seq, info.state.last_seq
+    if info.state.messages == 0:
+        return []
+    return [await js.get_msg(stream, seq) for seq in range(first, last + 1)]  # type: ignore[misc]
+
+
+# -- core NATS ---------------------------------------------------------------------------------
+
+
+async def test_core_publish_arrives_in_order_with_msg_id(
+    tmp_path: Path, shared: NatsClient
+) -> None:
+    async with asyncio.timeout(30):
+        prefix = f"relay-test.{run_id()}"
+        got: list[Msg] = []
+
+        async def collect(msg: Msg) -> None:
+            got.append(msg)
+
+        sub = await shared.subscribe(f"{prefix}.>", cb=collect)
+        await shared.flush()
+        events = [
+            minio_event("photos" if n % 2 else "docs", f"dir/k {n}.jpg", n) for n in range(20)
+        ]
+        async with pipeline(tmp_path, env(SHARED, prefix + ".{bucket}")) as pipe:
+            await pipe.append(events)
+            await pipe.settled()
+            await eventually(lambda: len(got) >= 20, timeout=10)
+        await sub.unsubscribe()
+    assert [m.headers["Nats-Msg-Id"] for m in got] == [e.event_id for e in events]  # type: ignore[index]
+    assert [m.subject for m in got] == [f"{prefix}.{e.bucket}" for e in events]
+    for m, e in zip(got, events):
+        assert e.record in m.data  # the record byte for byte
+        assert json.loads(m.data) == expected_body(e)
+
+
+async def test_core_records_format(tmp_path: Path, shared: NatsClient) -> None:
+    async with asyncio.timeout(20):
+        subject = f"relay-test.{run_id()}.records"
+        sub = await shared.subscribe(subject)
+        await shared.flush()
+        event = minio_event("b", "k", 1)
+        async with pipeline(tmp_path, env(SHARED, subject, FORMAT="records")) as pipe:
+            await pipe.append([event])
+            msg = await sub.next_msg(timeout=10)
+        await sub.unsubscribe()
+    assert msg.data == b'{"Records":[' + event.record + b"]}"
+
+
+# -- JetStream ---------------------------------------------------------------------------------
+
+
+async def test_jetstream_stores_in_order_and_dedups_a_resend(
+    tmp_path: Path, shared: NatsClient
+) -> None:
+    stream = f"RELAY_TEST_{run_id()}"
+    subject = f"relay-js.{stream}.events"
+    await make_stream(shared, stream, [f"relay-js.{stream}.>"])
+    try:
+        async with asyncio.timeout(40):
+            events = [minio_event("b", f"k{n}", n) for n in range(10)]
+            config = env(
+                SHARED,
+                subject,
+                JETSTREAM_ENABLE="on",
+                JETSTREAM_STREAM_NAME=stream,
+                CONCURRENCY="1",
+            )
+            async with pipeline(tmp_path / "first", config) as pipe:
+                await pipe.append(events)
+                await pipe.settled()
+                assert pipe.dispatcher.up is True
+            # The same events through a second relay (its own log): the stream's duplicate
+            # window recognises every Nats-Msg-Id, nothing is stored twice.
+            async with pipeline(tmp_path / "second", config) as pipe:
+                await pipe.append(events)
+                await pipe.settled()
+                assert await pipe.dead_letters() == []
+            stored = await stream_messages(shared, stream)
+    finally:
+        await drop_stream(shared, stream)
+    assert len(stored) == 10
+    assert [m.headers["Nats-Msg-Id"] for m in stored] == [e.event_id for e in events]  # type: ignore[index]
+    assert [json.loads(m.data) for m in stored] == [expected_body(e) for e in events]  # type: ignore[arg-type]
+
+
+async def test_missing_stream_keeps_the_sink_down_until_created(
+    tmp_path: Path, shared: NatsClient
+) -> None:
+    stream = f"RELAY_TEST_{run_id()}"
+    subject = f"relay-js.{stream}.x"
+    config = env(SHARED, subject, JETSTREAM_ENABLE="on", JETSTREAM_STREAM_NAME=stream)
+    try:
+        async with asyncio.timeout(40):
+            async with pipeline(tmp_path, config) as pipe:
+                await pipe.append([minio_event("b", "k", 1)])
+                await eventually(lambda: pipe.dispatcher.up is False, timeout=10)
+                with pytest.raises(Retryable, match="does not exist"):
+                    await _started(config)
+                # a stream that does not cover the subject is refused just the same
+                await make_stream(shared, stream, [f"elsewhere.{stream}"])
+                with pytest.raises(Retryable, match="does not cover subject"):
+                    await _started(config)
+                await shared.jetstream().update_stream(
+                    StreamConfig(name=stream, subjects=[f"relay-js.{stream}.>"])
+                )
+                await pipe.settled()
+                assert pipe.dispatcher.up is True
+            stored = await stream_messages(shared, stream)
+    finally:
+        await drop_stream(shared, stream)
+    assert len(stored) == 1
+
+
+async def _started(config: dict[str, str]) -> None:
+    specs, _ = load_sinks(config, sinks.declared_options())
+    sink = sinks.create(specs[0])
+    try:
+        await sink.start()
+    finally:
+        await sink.close()
+
+
+async def test_jetstream_without_a_stream_for_the_subject_retries(
+    tmp_path: Path, shared: NatsClient
+) -> None:
+    # no JETSTREAM_STREAM_NAME: nothing to check at start, but the PubAck never comes
+    subject = f"relay-nostream.{run_id()}"
+    async with (
+        asyncio.timeout(20),
+        pipeline(tmp_path, env(SHARED, subject, JETSTREAM_ENABLE="on")) as pipe,
+    ):
+        await pipe.append([minio_event("b", "k", 1)])
+        await eventually(lambda: pipe.dispatcher.up is False, timeout=10)
+        assert await pipe.dead_letters() == []
+
+
+# -- private servers: outages, auth, permissions -------------------------------------------------
+
+
+async def test_outage_mid_stream_every_event_once(tmp_path: Path) -> None:
+    with nats_server(tmp_path) as server:
+        url = f"nats://127.0.0.1:{server.port}"
+        stream = f"RELAY_OUTAGE_{run_id()}"
+        admin = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        try:
+            await make_stream(admin, stream, [f"{stream}.>"])
+            config = env(url, stream + ".{bucket}", JETSTREAM_ENABLE="on",
+                         JETSTREAM_STREAM_NAME=stream)  # fmt: skip
+            # three objects, so the dispatcher's per-object lanes each carry 20 events
+            events = [minio_event("b", f"k{n % 3}", n) for n in range(60)]
+            async with asyncio.timeout(50), pipeline(tmp_path, config) as pipe:
+                await pipe.append(events[:20])
+                await pipe.settled()
+                # kill it while events keep coming
+                appending = asyncio.create_task(_trickle(pipe, events[20:40]))
+                await asyncio.to_thread(server.stop)
+                await appending
+                await pipe.append(events[40:])
+                await eventually(lambda: pipe.dispatcher.up is False, timeout=10)
+                await asyncio.to_thread(server.start)  # same port, same store dir
+                await pipe.settled(timeout=30)
+                assert await pipe.dead_letters() == []
+                stored: list[Msg] = await eventually(
+                    lambda: _all_stored(admin, stream, 60),  # type: ignore[arg-type, return-value]
+                    timeout=10,
+                )
+        finally:
+            await admin.close()
+    ids = [m.headers["Nats-Msg-Id"] for m in stored]  # type: ignore[index]
+    assert len(ids) == len(set(ids)) == 60
+    assert set(ids) == {e.event_id for e in events}
+    for key in ("k0", "k1", "k2"):  # events of one object stay in order
+        mine = [e.event_id for e in events if e.key == key]
+        assert [i for i in ids if i in set(mine)] == mine
+
+
+async def _trickle(pipe: object, events: list[Event]) -> None:
+    for event in events:
+        await pipe.append([event])  # type: ignore[attr-defined]
+
+
+async def _all_stored(nc: NatsClient, stream: str, n: int) -> list[Msg] | None:
+    try:
+        messages = await stream_messages(nc, stream)
+    except Exception:
+        return None  # the admin connection is still reconnecting
+    return messages if len(messages) >= n else None
+
+
+async def test_server_down_at_start_then_delivers_without_restart(tmp_path: Path) -> None:
+    with nats_server(tmp_path, start=False) as server:
+        url = f"nats://127.0.0.1:{server.port}"
+        stream = f"RELAY_LATE_{run_id()}"
+        config = env(url, f"{stream}.x", JETSTREAM_ENABLE="on", JETSTREAM_STREAM_NAME=stream)
+        async with asyncio.timeout(40), pipeline(tmp_path, config) as pipe:
+            await pipe.append([minio_event("b", f"k{n}", n) for n in range(3)])
+            await eventually(lambda: pipe.dispatcher.up is False, timeout=10)
+            await asyncio.to_thread(server.start)
+            admin = await nats.connect(url)
+            try:
+                await make_stream(admin, stream, [f"{stream}.>"])
+                await pipe.settled(timeout=30)
+                assert pipe.dispatcher.up is True
+                assert len(await stream_messages(admin, stream)) == 3
+            finally:
+                await admin.close()
+
+
+async def test_hung_server_times_out_then_recovers_without_duplicates(tmp_path: Path) -> None:
+    with nats_server(tmp_path) as server:
+        url = f"nats://127.0.0.1:{server.port}"
+        stream = f"RELAY_HUNG_{run_id()}"
+        admin = await nats.connect(url)
+        try:
+            await make_stream(admin, stream, [f"{stream}.>"])
+            config = env(url, f"{stream}.x", JETSTREAM_ENABLE="on", JETSTREAM_STREAM_NAME=stream,
+                         TIMEOUT="500ms")  # fmt: skip
+            events = [minio_event("b", f"k{n}", n) for n in range(6)]
+            async with asyncio.timeout(40), pipeline(tmp_path, config) as pipe:
+                await pipe.append(events[:3])
+                await pipe.settled()
+                server.pause()  # the requests below reach a server that does not answer
+                await pipe.append(events[3:])
+                await eventually(lambda: pipe.dispatcher.up is False, timeout=10)
+                server.resume()  # it now reads the stale requests and the resends
+                await pipe.settled(timeout=20)
+                stored = await stream_messages(admin, stream)
+        finally:
+            await admin.close()
+    assert [m.headers["Nats-Msg-Id"] for m in stored] == [e.event_id for e in events]  # type: ignore[index]
+
+
+async def test_core_client_closed_underneath_is_rebuilt(tmp_path: Path) -> None:
+    with nats_server(tmp_path) as server:
+        url = f"nats://127.0.0.1:{server.port}"
+        consumer = await nats.connect(url)
+        sub = await consumer.subscribe("rebuilt.>")
+        await consumer.flush()
+        async with asyncio.timeout(20), pipeline(tmp_path, env(url, "rebuilt.x")) as pipe:
+            await pipe.append([minio_event("b", "k1", 1)])
+            await sub.next_msg(timeout=10)
+            await pipe.settled()  # else the close fails the flush and k1 is (rightly) resent
+            await pipe.sink.nc.close()  # type: ignore[attr-defined]  # as after a lost cluster
+            await pipe.append([minio_event("b", "k2", 2)])
+            second = await sub.next_msg(timeout=10)
+            await pipe.settled()
+        await consumer.close()
+    assert json.loads(second.data)["Key"] == "b/k2"
+
+
+AUTH_CONFIG = """
+listen: 127.0.0.1:{port}
+jetstream {{ store_dir: "{store}" }}
+authorization {{
+  users = [
+    {{ user: "relay", password: "pa55-w0rd",
+       permissions: {{ publish: {{ allow: ["allowed.>", "$JS.API.>"] }},
+                       subscribe: {{ allow: ["_INBOX.>", "allowed.>"] }} }} }}
+  ]
+}}
+"""
+
+
+async def test_password_auth_and_denied_subject_is_a_dead_letter(tmp_path: Path) -> None:
+    with nats_server_with_config(tmp_path, AUTH_CONFIG) as server:
+        url = f"127.0.0.1:{server.port}"
+        creds = {"USERNAME": "relay", "PASSWORD": "pa55-w0rd"}
+        consumer = await nats.connect(f"nats://{url}", user="relay", password="pa55-w0rd")
+        sub = await consumer.subscribe("allowed.>")
+        await consumer.flush()
+        async with (
+            asyncio.timeout(30),
+            pipeline(tmp_path, env(url, "{bucket}.events", CONCURRENCY="1", **creds)) as pipe,
+        ):
+            await pipe.append([minio_event("allowed", "k1", 1), minio_event("denied", "k2", 2),
+                               minio_event("allowed", "k3", 3)])  # fmt: skip
+            await pipe.settled()
+            dead = await pipe.dead_letters()
+            first, third = await sub.next_msg(timeout=5), await sub.next_msg(timeout=5)
+        await consumer.close()
+        assert [json.loads(m.data)["Key"] for m in (first, third)] == ["allowed/k1", "allowed/k3"]
+        assert len(dead) == 1 and "permission denied" in dead[0][1]
+
+        wrong = env(url, "allowed.x", USERNAME="relay", PASSWORD="not-it")
+        with pytest.raises(Retryable, match="refused the credentials") as caught:
+            await _started(wrong)
+        assert "not-it" not in str(caught.value)
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[PrivateServer]:
+    with nats_server(tmp_path) as server:
+        yield server
+
+
+async def test_tls_required_refuses_a_plain_server(private_nats: PrivateServer) -> None:
+    config = env(f"127.0.0.1:{private_nats.port}", "x", TLS_REQUIRED="on")
+    with pytest.raises(Retryable, match="does not use TLS"):
+        await asyncio.wait_for(_started(config), 10)
+
+
+async def test_mutual_tls(tmp_path: Path) -> None:
+    tls = await asyncio.to_thread(tls_files, tmp_path / "tls")
+    with nats_server(tmp_path, tls=tls) as server:
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        context.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        consumer = await nats.connect(f"tls://127.0.0.1:{server.port}", tls=context)
+        sub = await consumer.subscribe("secure.>")
+        await consumer.flush()
+        files = {"TLS_CA": str(tls.ca), "TLS_CLIENT_CERT": str(tls.client_cert),
+                 "TLS_CLIENT_KEY": str(tls.client_key)}  # fmt: skip
+        config = env(f"127.0.0.1:{server.port}", "secure.x", TLS_REQUIRED="on", **files)
+        async with asyncio.timeout(20), pipeline(tmp_path, config) as pipe:
+            await pipe.append([minio_event("b", "k", 1)])
+            message = await sub.next_msg(timeout=10)
+            await pipe.settled()
+        await consumer.close()
+        assert json.loads(message.data)["Key"] == "b/k"
+        # without the client certificate the server refuses the handshake
+        no_cert = env(f"127.0.0.1:{server.port}", "secure.x", TLS_CA=str(tls.ca))
+        with pytest.raises(Retryable, match="cannot connect"):
+            await asyncio.wait_for(_started(no_cert), 10)
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"USERNAME": "u"}, "PASSWORD_T: required with USERNAME"),
+        ({"TOKEN": "t", "USERNAME": "u", "PASSWORD": "p"}, "choose one way"),
+        ({"JETSTREAM_STREAM_NAME": "S"}, "needs RUSTFS_NOTIFY_NATS_JETSTREAM_ENABLE_T=on"),
+        ({"SUBJECT": "a.{key}"}, "unknown placeholder"),
+        ({"ADDRESS": "http://x:1"}, "is not host:port"),
+        ({"ADDRESS": "nats://u:secret@host"}, "is not host:port"),
+        ({"CREDENTIALS_FILE": "/nonexistent.creds"}, "CREDENTIALS_FILE_T"),
+    ],
+)
+def test_config_errors_name_the_variable(extra: dict[str, str], message: str) -> None:
+    config = env("127.0.0.1:4222", "s")
+    config.update({f"RUSTFS_NOTIFY_NATS_{k}_T": v for k, v in extra.items()})
+    specs, _ = load_sinks(config, sinks.declared_options())
+    with pytest.raises(ConfigError, match=message) as caught:
+        sinks.create(specs[0])
+    assert "secret" not in str(caught.value)
