@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import ssl
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from relay.queue.log import LogEntry
 from relay.sinks.base import Health, Permanent, Result, Retryable
 from relay.sinks.formats import render
 from relay.sinks.template import render_template, validate_template
+from relay.sinks.tls import client_context
 
 log = logging.getLogger("relay.sinks.mqtt")
 
@@ -309,16 +309,7 @@ def _client_options(spec: SinkSpec) -> dict[str, Any]:
                 "is not ssl://"
             )
     if tls:
-        if spec["tls_client_key"] and not spec["tls_client_cert"]:
-            raise ConfigError(f"{spec.variable('tls_client_cert')}: required with TLS_CLIENT_KEY")
-        try:
-            context = ssl.create_default_context(cafile=spec["tls_ca"] or None)
-            if spec["tls_client_cert"]:
-                context.load_cert_chain(spec["tls_client_cert"], spec["tls_client_key"] or None)
-        except (OSError, ssl.SSLError) as exc:
-            key = "tls_client_cert" if spec["tls_client_cert"] else "tls_ca"
-            raise ConfigError(f"{spec.variable(key)}: cannot load TLS files: {exc}") from None
-        options["tls_context"] = context
+        options["tls_context"] = client_context(spec)
     return options
 
 

@@ -35,6 +35,7 @@ from relay.queue.log import LogEntry
 from relay.rules import compile_event_patterns
 from relay.sinks.base import Health, Permanent, Result, Retryable, event_time, object_name
 from relay.sinks.formats import render
+from relay.sinks.tls import client_context
 
 log = logging.getLogger("relay.sinks.mysql")
 
@@ -715,13 +716,4 @@ def _tls_context(spec: SinkSpec, dsn_tls: str, variable: str) -> ssl.SSLContext 
     wanted = spec["tls_ca"] or spec["tls_client_cert"] or dsn_tls in ("true", "skip-verify")
     if not wanted:
         return None
-    try:
-        context = ssl.create_default_context(cafile=spec["tls_ca"] or None)
-        if spec["tls_client_cert"]:
-            context.load_cert_chain(spec["tls_client_cert"], spec["tls_client_key"])
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{spec.variable('tls_ca')}: cannot load TLS files: {exc}") from None
-    if dsn_tls == "skip-verify" and not spec["tls_ca"]:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return client_context(spec, skip_verify=dsn_tls == "skip-verify" and not spec["tls_ca"])

@@ -38,6 +38,7 @@ from relay.queue.log import LogEntry
 from relay.sinks.base import Health, Permanent, Result, Retryable, send_each
 from relay.sinks.formats import render
 from relay.sinks.template import render_template, validate_template
+from relay.sinks.tls import client_context
 
 log = logging.getLogger("relay.sinks.nats")
 
@@ -502,16 +503,7 @@ def _ssl_context(spec: SinkSpec) -> ssl.SSLContext | None:
     wanted = spec["tls_ca"] or spec["tls_client_cert"] or spec["tls_required"]
     if not wanted and "tls://" not in spec["address"]:
         return None
-    if spec["tls_client_key"] and not spec["tls_client_cert"]:
-        raise ConfigError(f"{spec.variable('tls_client_cert')}: required with TLS_CLIENT_KEY")
-    try:
-        context = ssl.create_default_context(cafile=spec["tls_ca"] or None)
-        if spec["tls_client_cert"]:
-            context.load_cert_chain(spec["tls_client_cert"], spec["tls_client_key"] or None)
-    except (OSError, ssl.SSLError) as exc:
-        key = "tls_client_cert" if spec["tls_client_cert"] else "tls_ca"
-        raise ConfigError(f"{spec.variable(key)}: cannot load TLS files: {exc}") from None
-    return context
+    return client_context(spec)
 
 
 def create(spec: SinkSpec) -> NatsSink:

@@ -10,7 +10,6 @@ stable across retries and replays, so a receiver can drop duplicates.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -21,6 +20,7 @@ from relay.config import ConfigError, Option, SinkSpec
 from relay.queue.log import LogEntry
 from relay.sinks.base import Health, Permanent, Result, Retryable, send_each
 from relay.sinks.formats import cloudevent_headers, content_type, render
+from relay.sinks.tls import client_context
 
 TYPE = "webhook"
 OPTIONS = (
@@ -93,7 +93,12 @@ class WebhookSink:
                     "(scheme and credentials)"
                 )
             self.headers["Authorization"] = auth
-        self.ssl = _ssl_context(spec) if parts.scheme == "https" else None
+        self.ssl = (
+            client_context(spec, ca="client_ca", cert="client_cert", key="client_key",
+                           skip_verify=spec["skip_tls_verify"])
+            if parts.scheme == "https"
+            else None
+        )  # fmt: skip
         try:
             self.signing_keys = [signing.secret_key(s) for s in spec["signing_secret"]]
         except ValueError as exc:
@@ -161,19 +166,6 @@ class WebhookSink:
             return Health(False, f"cannot connect to {self.host}:{self.port}: {exc}")
         writer.close()
         return Health(True, f"{self.host}:{self.port} accepts connections")
-
-
-def _ssl_context(spec: SinkSpec) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(cafile=spec["client_ca"] or None)
-        if spec["client_cert"]:
-            context.load_cert_chain(spec["client_cert"], spec["client_key"] or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{spec.variable('client_cert')}: cannot load TLS files: {exc}") from None
-    if spec["skip_tls_verify"]:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def create(spec: SinkSpec) -> WebhookSink:
