@@ -179,6 +179,9 @@ def _compile_events(patterns: Iterable[str]) -> _EventSet:
     return _EventSet(False, frozenset(exact), kept)
 
 
+EventSet = _EventSet  # the compiled form, for sinks that take event patterns
+
+
 def compile_event_patterns(patterns: Sequence[str], variable: str) -> _EventSet | None:
     """Event patterns as rules read them (wildcards, aliases, lifecycle families) for a sink
     option such as DELETE_ON. None for an empty list (matches nothing, unlike a rule's

@@ -23,7 +23,7 @@ import logging
 import re
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -33,8 +33,14 @@ from asyncmy import errors as my_errors
 from relay.config import ConfigError, Option, SinkSpec
 from relay.queue.log import LogEntry
 from relay.rules import compile_event_patterns
-from relay.sinks.base import Health, Permanent, Result, Retryable, event_time, object_name
-from relay.sinks.formats import render
+from relay.sinks.base import Health, Permanent, Result, Retryable
+from relay.sinks.sqltable import (
+    Poison,
+    TableRows,
+    access_rows,
+    namespace_rows,
+    send_isolating_poison,
+)
 from relay.sinks.tls import client_context
 
 log = logging.getLogger("relay.sinks.mysql")
@@ -171,10 +177,6 @@ def _table_format(spec: SinkSpec) -> str:
 # -- the sink -------------------------------------------------------------------------------
 
 
-class _Poison(Permanent):
-    """The data of (at least) one event of the batch is refused: find which."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """How batches are written to the table found (or created) at start."""
@@ -185,12 +187,6 @@ class _Plan:
     columns: tuple[str, ...] = ()
     idempotent: bool = True
     shape: str = ""
-
-
-@dataclass(slots=True)
-class _Params:
-    rows: list[tuple[Any, ...]]
-    deletes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,26 +362,7 @@ class MySQLSink:
     # -- sending ------------------------------------------------------------------------------
 
     async def send(self, batch: Sequence[LogEntry]) -> list[Result]:
-        try:
-            await self._attempt(batch)
-            return [None] * len(batch)
-        except _Poison as exc:
-            if len(batch) == 1:
-                return [Permanent(str(exc))]
-        # One event's data is refused: write them one by one so only that one fails.
-        results: list[Result] = []
-        for index, entry in enumerate(batch):
-            try:
-                await self._attempt([entry])
-                results.append(None)
-            except _Poison as exc:
-                results.append(Permanent(str(exc)))
-            except Retryable as exc:
-                rest = len(batch) - index - 1
-                results.append(exc)
-                results.extend([Retryable(f"not sent: an earlier event failed ({exc})")] * rest)
-                break
-        return results
+        return await send_isolating_poison(batch, self._attempt)
 
     async def _attempt(self, batch: Sequence[LogEntry]) -> None:
         """Write the batch; "server has gone away" / "lost connection" (2006/2013) on a pooled
@@ -395,7 +372,7 @@ class MySQLSink:
                 await self.start()
             assert self.plan is not None
             plan = self.plan
-            params = self._params(plan, batch)  # may raise _Poison: no connection needed
+            params = self._params(plan, batch)  # may raise Poison: no connection needed
             try:
                 async with asyncio.timeout(self.timeout):
                     await self._execute(plan, params)
@@ -408,7 +385,7 @@ class MySQLSink:
                         continue
                 raise _failure(kind, message) from None
 
-    async def _execute(self, plan: _Plan, params: _Params) -> None:
+    async def _execute(self, plan: _Plan, params: TableRows) -> None:
         conn = await self.pool.acquire()
         try:
             async with conn.cursor() as cur:
@@ -432,41 +409,10 @@ class MySQLSink:
         finally:
             self.pool.release(conn)
 
-    def _params(self, plan: _Plan, batch: Sequence[LogEntry]) -> _Params:
+    def _params(self, plan: _Plan, batch: Sequence[LogEntry]) -> TableRows:
         if plan.namespace:
-            # The table ends as if the events were applied in order: only each object's last
-            # event matters (an upsert replaces the row, a delete removes it).
-            last = {object_name(e): e for e in batch}
-            return _Params(
-                rows=[(k, self._value(e)) for k, e in last.items() if not self._deletes(e)],
-                deletes=[k for k, e in last.items() if self._deletes(e)],
-            )
-        return _Params(rows=[self._access_row(e, plan.columns) for e in batch])
-
-    def _deletes(self, entry: LogEntry) -> bool:
-        return self.deletes is not None and self.deletes.match(entry.event.event_name)
-
-    def _value(self, entry: LogEntry) -> str:
-        try:
-            return render(entry, self.payload).decode("utf-8")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _Poison(f"seq {entry.seq}: cannot render the event as JSON: {exc}") from None
-
-    def _access_row(self, entry: LogEntry, columns: tuple[str, ...]) -> tuple[Any, ...]:
-        event = entry.event
-        row: list[Any] = []
-        for column in columns:
-            if column == "event_id":
-                row.append(event.event_id)
-            elif column == "event_time":
-                row.append(event_time(entry).replace(tzinfo=None))  # DATETIME holds UTC
-            elif column == "event_name":
-                row.append(event.event_name)
-            elif column == "key_name":
-                row.append(object_name(entry))
-            else:  # event_data
-                row.append(self._value(entry))
-        return tuple(row)
+            return namespace_rows(batch, self.deletes, self.payload)
+        return access_rows(batch, plan.columns, self.payload, naive_utc=True)
 
     # -- errors -------------------------------------------------------------------------------
 
@@ -482,7 +428,7 @@ class MySQLSink:
 
 def _failure(kind: str, message: str) -> Retryable | Permanent:
     if kind == "data":
-        return _Poison(message)
+        return Poison(message)
     if kind == "schema":
         return Permanent(message)
     return Retryable(message)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -30,8 +30,14 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRe
 from relay.config import ConfigError, Option, SinkSpec
 from relay.queue.log import LogEntry
 from relay.rules import compile_event_patterns
-from relay.sinks.base import Health, Permanent, Result, Retryable, event_time, object_name
-from relay.sinks.formats import render
+from relay.sinks.base import Health, Permanent, Result, Retryable
+from relay.sinks.sqltable import (
+    Poison,
+    TableRows,
+    access_rows,
+    namespace_rows,
+    send_isolating_poison,
+)
 
 log = logging.getLogger("relay.sinks.postgres")
 
@@ -164,10 +170,6 @@ def _table_format(spec: SinkSpec) -> str:
 
 
 # -- the sink -------------------------------------------------------------------------------
-
-
-class _Poison(Permanent):
-    """The data of (at least) one event of the batch is refused: find which."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,26 +366,7 @@ class PostgresSink:
     # -- sending ------------------------------------------------------------------------------
 
     async def send(self, batch: Sequence[LogEntry]) -> list[Result]:
-        try:
-            await self._attempt(batch)
-            return [None] * len(batch)
-        except _Poison as exc:
-            if len(batch) == 1:
-                return [Permanent(str(exc))]
-        # One event's data is refused: write them one by one so only that one fails.
-        results: list[Result] = []
-        for index, entry in enumerate(batch):
-            try:
-                await self._attempt([entry])
-                results.append(None)
-            except _Poison as exc:
-                results.append(Permanent(str(exc)))
-            except Retryable as exc:
-                rest = len(batch) - index - 1
-                results.append(exc)
-                results.extend([Retryable(f"not sent: an earlier event failed ({exc})")] * rest)
-                break
-        return results
+        return await send_isolating_poison(batch, self._attempt)
 
     async def _attempt(self, batch: Sequence[LogEntry]) -> None:
         """Write the batch; a connection that died while idle in the pool costs one immediate
@@ -394,7 +377,7 @@ class PostgresSink:
                 await self.start()
             assert self.pool is not None and self.plan is not None
             plan = self.plan
-            params = self._params(plan, batch)  # may raise _Poison: no connection needed
+            params = self._params(plan, batch)  # may raise Poison: no connection needed
             try:
                 async with asyncio.timeout(self.timeout):
                     async with self.pool.connection() as conn:
@@ -408,43 +391,10 @@ class PostgresSink:
                         continue
                 raise _failure(kind, message) from None
 
-    def _params(self, plan: _Plan, batch: Sequence[LogEntry]) -> _Params:
+    def _params(self, plan: _Plan, batch: Sequence[LogEntry]) -> TableRows:
         if plan.namespace:
-            # The table ends as if the events were applied in order: only each object's last
-            # event matters (an upsert replaces the row, a delete removes it).
-            last = {object_name(e): e for e in batch}
-            return _Params(
-                rows=[(k, self._value(e)) for k, e in last.items() if not self._deletes(e)],
-                deletes=[k for k, e in last.items() if self._deletes(e)],
-            )
-        return _Params(rows=[self._access_row(e, plan.columns) for e in batch])
-
-    def _deletes(self, entry: LogEntry) -> bool:
-        return self.deletes is not None and self.deletes.match(entry.event.event_name)
-
-    def _value(self, entry: LogEntry) -> str:
-        try:
-            return render(entry, self.payload).decode("utf-8")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _Poison(f"seq {entry.seq}: cannot render the event as JSON: {exc}") from None
-
-    def _access_row(self, entry: LogEntry, columns: tuple[str, ...]) -> tuple[Any, ...]:
-        event = entry.event
-        row: list[Any] = []
-        for column in columns:
-            if column == "event_id":
-                row.append(event.event_id)
-            elif column == "event_time":
-                row.append(event_time(entry))
-            elif column == "event_name":
-                row.append(event.event_name)
-            elif column == "key":
-                row.append(object_name(entry))
-            elif column == "queued_at_ms":
-                row.append(int(entry.received_at * 1000))
-            else:  # value, event_data
-                row.append(self._value(entry))
-        return tuple(row)
+            return namespace_rows(batch, self.deletes, self.payload)
+        return access_rows(batch, plan.columns, self.payload, naive_utc=False)
 
     # -- errors -------------------------------------------------------------------------------
 
@@ -466,13 +416,7 @@ class PostgresSink:
         return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
-@dataclass(slots=True)
-class _Params:
-    rows: list[tuple[Any, ...]]  # upserts (namespace) or inserts (access)
-    deletes: list[str] = field(default_factory=list)
-
-
-async def _execute(conn: psycopg.AsyncConnection[Any], plan: _Plan, params: _Params) -> None:
+async def _execute(conn: psycopg.AsyncConnection[Any], plan: _Plan, params: TableRows) -> None:
     """One transaction, pipelined: BEGIN, the statements and COMMIT travel together."""
     async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
         if params.rows:
@@ -483,7 +427,7 @@ async def _execute(conn: psycopg.AsyncConnection[Any], plan: _Plan, params: _Par
 
 def _failure(kind: str, message: str) -> Retryable | Permanent:
     if kind == "data":
-        return _Poison(message)
+        return Poison(message)
     if kind == "schema":
         return Permanent(message)
     return Retryable(message)
