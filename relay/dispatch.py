@@ -87,6 +87,7 @@ class Dispatcher:
         self.policy = policy
         self.up: bool | None = None  # None until the first attempt says which
         self.cursor = 0
+        self._cursor_known = False
         # Events past a failed one that the sink already took (other keys' lanes): the
         # cursor cannot move past the failure, but they are not sent again. Kept in memory
         # only: after a restart they are sent once more (at-least-once).
@@ -101,24 +102,40 @@ class Dispatcher:
         self._wake = self.log.listener()
         if not await self._start_sink():
             return
-        self.cursor = await asyncio.to_thread(self.log.cursor, self.name)
+        failures = 0
         while not self._stop.is_set():
-            self._wake.clear()
-            work = await self._next_work()
-            if work is None:
-                await self._idle()
-                continue
-            if not work.entries:  # a window of events none of which is for this sink
-                await self._settle(Settlement(self.name, cursor=work.scan_end), work)
-                continue
-            if not await self._wait_for_schedule(work.entries[0]):
-                continue
-            results = await self._deliver(work.entries)
-            if any(results):  # failures read their retry state: off the event loop
-                settlement = await asyncio.to_thread(self._settlement, work, results)
-            else:
-                settlement = self._settlement(work, results)
-            await self._settle(settlement, work)
+            try:
+                await self._round()
+                failures = 0
+            except Exception as exc:  # the log itself failing (disk full, I/O error)
+                failures += 1
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("dispatch round failed; trying again",
+                          extra={"sink": self.name, "error": error})  # fmt: skip
+                await self._sleep(backoff(failures, self.policy.backoff_max) + 0.1)
+
+    async def _round(self) -> None:
+        """One batch: read, send, settle. Nothing is acked unless the settle commits."""
+        assert self._wake is not None
+        if not self._cursor_known:  # where this sink got to; from then on only this loop moves it
+            self.cursor = await asyncio.to_thread(self.log.cursor, self.name)
+            self._cursor_known = True
+        self._wake.clear()
+        work = await self._next_work()
+        if work is None:
+            await self._idle()
+            return
+        if not work.entries:  # a window of events none of which is for this sink
+            await self._settle(Settlement(self.name, cursor=work.scan_end), work)
+            return
+        if not await self._wait_for_schedule(work.entries[0]):
+            return
+        results = await self._deliver(work.entries)
+        if any(results):  # failures read their retry state: off the event loop
+            settlement = await asyncio.to_thread(self._settlement, work, results)
+        else:
+            settlement = self._settlement(work, results)
+        await self._settle(settlement, work)
 
     # -- reading ------------------------------------------------------------------------------
 
