@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -17,7 +18,13 @@ from relay import __version__, app, logs, sinks
 from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, parse_duration
 from relay.events import Unparseable, parse_body
 from relay.queue import admin, fsck, stats
-from relay.rules import format_verdicts, rules_from_notification_xml, rules_to_toml
+from relay.rules import (
+    Rule,
+    format_verdicts,
+    rules_from_notification_xml,
+    rules_to_toml,
+    sink_ref_id,
+)
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG, EXIT_DAMAGED = 0, 1, 2, 3
 
@@ -116,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(run=cmd_rules_test)
     i = rules.add_parser("import", help="S3 NotificationConfiguration XML → rules TOML")
     i.add_argument("xml_file")
+    i.add_argument(
+        "--sink", action="append", default=[],
+        help="send configurations whose target is not a relay sink (a Ceph topic, an AWS "
+        "queue) to this sink; repeat for several",
+    )  # fmt: skip
     i.set_defaults(run=cmd_rules_import)
     return p
 
@@ -382,6 +394,14 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 def cmd_rules_import(args: argparse.Namespace) -> int:
     text = Path(args.xml_file).read_text("utf-8")
     rules = rules_from_notification_xml(text, source_name=args.xml_file)
+    if args.sink:
+        # The XML names the store's own targets (Ceph topic ARNs): the relay's sink takes
+        # their place; ARNs of relay sinks (arn:rustfs:sqs::…, arn:minio:sqs::…) stay.
+        def retarget(rule: Rule) -> Rule:
+            kept = tuple(ref for ref in rule.sinks if sink_ref_id(ref) is not None)
+            return dataclasses.replace(rule, sinks=kept + tuple(args.sink))
+
+        rules = [retarget(rule) for rule in rules]
     print(rules_to_toml(rules), end="")
     return EXIT_OK
 

@@ -223,6 +223,12 @@ def _sink_ref_to_id(ref: str) -> str | None:
     return f"{kind.lower()}:{ident.lower()}"
 
 
+def sink_ref_id(ref: str) -> str | None:
+    """`<type>:<id>` a sink reference names (an id or a RustFS/MinIO ARN); None for any
+    other ARN (a Ceph topic, an AWS queue)."""
+    return _sink_ref_to_id(ref)
+
+
 def resolve_sink_ref(ref: str, sink_ids: Sequence[str]) -> str | None:
     """The configured sink id a rule's sink reference means, or None.
 
