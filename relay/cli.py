@@ -231,7 +231,9 @@ def config_reference() -> str:
     out += ["### Keys every sink accepts", "",
             "`RUSTFS_NOTIFY_<TYPE>_<KEY>_<ID>` or `MINIO_NOTIFY_<TYPE>_<KEY>[_<ID>]`.", "",
             *table("…_", COMMON_OPTIONS, "_<ID>"), ""]  # fmt: skip
-    for sink_type, options in sinks.declared_options().items():
+    declared = sinks.declared_options()
+    for sink_type in sorted(declared):
+        options = declared[sink_type]
         module = sinks.module(sink_type)
         doc = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         out += [f"### Sink `{sink_type}`", "", doc, ""]

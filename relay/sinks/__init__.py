@@ -1,31 +1,62 @@
 """The sinks. Each is one module that knows one client library; modules load on first use,
-so a relay that only forwards to a webhook never imports a Kafka client."""
+so a relay that only forwards to a webhook never imports a Kafka client.
+
+Sink types come from the `s3_notify_relay.sinks` entry-point group: the built-in ones are
+registered there by this package's own metadata (pyproject.toml), third-party packages add
+theirs the same way. A sink module has `OPTIONS` (its keys, documented where declared) and
+`create(spec) -> Sink` (see relay/sinks/base.py).
+"""
 
 from __future__ import annotations
 
 import importlib
+import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
+from importlib.metadata import entry_points
 from types import ModuleType
 
-from relay.config import Option, SinkSpec
+from relay.config import ConfigError, Option, SinkSpec
 from relay.sinks.base import Sink
 
-# sink type → module. The type is the <TYPE> of RUSTFS_NOTIFY_<TYPE>_<KEY>_<ID>.
-BUILTIN: dict[str, str] = {
-    "webhook": "relay.sinks.webhook",
-    "file": "relay.sinks.file",
-    "kafka": "relay.sinks.kafka",
-    "amqp": "relay.sinks.amqp",
-    "nats": "relay.sinks.nats",
-    "redis": "relay.sinks.redis",
-    "mqtt": "relay.sinks.mqtt",
-    "postgres": "relay.sinks.postgres",
-    "mysql": "relay.sinks.mysql",
+log = logging.getLogger("relay.sinks")
+
+GROUP = "s3_notify_relay.sinks"
+# Used only when the package metadata is missing (a source tree run without installing).
+_SOURCE_TREE = {
+    name: f"relay.sinks.{name}"
+    for name in ("webhook", "file", "kafka", "amqp", "nats", "redis", "mqtt", "postgres", "mysql")
 }
+_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@cache
+def registry() -> dict[str, str]:
+    """Sink type → module path, from the entry points."""
+    found: dict[str, str] = {}
+    for entry in entry_points(group=GROUP):
+        name = entry.name.lower()
+        if not _TYPE_NAME.match(name):
+            log.warning("sink plugin ignored: bad type name", extra={"plugin": entry.value})
+            continue
+        if name in found and found[name] != entry.value:
+            log.warning("two packages register the sink type; the first is used",
+                        extra={"type": name, "ignored": entry.value})  # fmt: skip
+            continue
+        found[name] = entry.value
+    return found or dict(_SOURCE_TREE)
 
 
 def module(sink_type: str) -> ModuleType:
-    return importlib.import_module(BUILTIN[sink_type])
+    path = registry()[sink_type]
+    try:
+        loaded = importlib.import_module(path)
+    except ImportError as exc:
+        raise ConfigError(f"the {sink_type} sink cannot be loaded from {path}: {exc}") from None
+    if not hasattr(loaded, "OPTIONS") or not callable(getattr(loaded, "create", None)):
+        raise ConfigError(f"{path} is not a sink module (it needs OPTIONS and create(spec))")
+    return loaded
 
 
 class _DeclaredOptions(Mapping[str, Sequence[Option]]):
@@ -36,10 +67,10 @@ class _DeclaredOptions(Mapping[str, Sequence[Option]]):
         return options
 
     def __iter__(self) -> Iterator[str]:
-        return iter(BUILTIN)
+        return iter(registry())
 
     def __len__(self) -> int:
-        return len(BUILTIN)
+        return len(registry())
 
 
 def declared_options() -> Mapping[str, Sequence[Option]]:
