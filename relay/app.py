@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from relay import ingest, metrics, sinks
-from relay.config import Settings, SinkSpec, load_settings, load_sinks
+from relay import ingest, metrics, sinks, tls
+from relay.config import ConfigError, Settings, SinkSpec, load_settings, load_sinks
 from relay.dispatch import Dispatcher, Policy
 from relay.queue import fsck
 from relay.queue.fsck import LogDamaged
@@ -24,6 +25,7 @@ from relay.sinks.base import Sink
 log = logging.getLogger("relay")
 
 DB_NAME = "relay.db"
+PID_NAME = "relay.pid"  # for `relay reload`
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,7 @@ def load_config(env: Mapping[str, str]) -> Config:
     Touches nothing on disk."""
     settings = load_settings(env)
     specs, warnings = load_sinks(env, sinks.declared_options())
-    rules = rules_from_env(env)
-    if settings.rules_file:
-        rules += rules_from_toml(settings.rules_file)
-    router = Router(rules, [s.name for s in specs])
+    router = load_router(env, settings, [s.name for s in specs])
     warnings += router.warnings
     warnings += list(ingest.ingest_warnings(settings))
     if not specs:
@@ -51,6 +50,13 @@ def load_config(env: Mapping[str, str]) -> Config:
             "(e.g. RUSTFS_NOTIFY_FILE_ENABLE_LOCAL=on RUSTFS_NOTIFY_FILE_PATH_LOCAL=events.ndjson)"
         )
     return Config(settings, specs, router, warnings)
+
+
+def load_router(env: Mapping[str, str], settings: Settings, sink_names: list[str]) -> Router:
+    rules = rules_from_env(env)
+    if settings.rules_file:
+        rules += rules_from_toml(settings.rules_file)
+    return Router(rules, sink_names)
 
 
 def open_log(settings: Settings) -> Log:
@@ -73,7 +79,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     settings = config.settings
     for warning in config.warnings:
         log.warning(warning)
-    outputs = build_sinks(config)  # before the log: a bad sink config touches nothing
+    outputs = build_sinks(config)  # before the log: a bad sink or TLS file touches nothing
+    server_tls = tls.server_context(settings)
     event_log = open_log(settings)
     try:
         event_log.open()
@@ -104,8 +111,13 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         keepalive_timeout=settings.request_timeout,
     )  # fmt: skip
     await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=1024)
+    site = web.TCPSite(
+        runner, settings.listen_host, settings.listen_port, backlog=1024, ssl_context=server_tls
+    )
     await site.start()
+    pidfile = Path(settings.data_dir) / PID_NAME
+    pidfile.write_text(f"{os.getpid()}\n")
+    watcher = asyncio.create_task(tls.watch(), name="tls files")
     log.info(
         "relay listening",
         extra={"listen": f"{settings.listen_host}:{settings.listen_port}", "sinks": names,
@@ -118,7 +130,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: asyncio.ensure_future(reload(config, dispatchers))
+    )
     await stop.wait()
+    watcher.cancel()
+    pidfile.unlink(missing_ok=True)
 
     log.info("shutting down")
     await runner.cleanup()  # no new requests; in-flight handlers finish their commit
@@ -135,3 +152,22 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             log.warning("sink did not close cleanly", extra={"sink": sink.name, "error": str(exc)})
     await event_log.close()
     log.info("stopped")
+
+
+async def reload(config: Config, dispatchers: Mapping[str, Dispatcher]) -> None:
+    """SIGHUP: read the rules (RELAY_RULE_* and RELAY_RULES_FILE) and the TLS files again.
+    New rules are checked whole before any dispatcher sees them; invalid ones leave the
+    running rules in place. Sinks come from the environment, which a running process cannot
+    re-read: changing them takes a restart (the log keeps every event meanwhile)."""
+    try:
+        router = load_router(os.environ, config.settings, list(dispatchers))
+    except ConfigError as exc:
+        log.error("reload refused: the new rules are invalid; the running ones stay",
+                  extra={"error": str(exc)})  # fmt: skip
+    else:
+        for dispatcher in dispatchers.values():
+            dispatcher.router = router
+        for warning in router.warnings:
+            log.warning(warning)
+        log.info("rules reloaded", extra={"rules": len(router.rules)})
+    await asyncio.to_thread(tls.check)

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "config-reference", help="print every configuration key as Markdown"
     ).set_defaults(run=cmd_config_reference)
+    sub.add_parser(
+        "reload", help="make the running relay re-read its rules and TLS files (SIGHUP)"
+    ).set_defaults(run=cmd_reload)
 
     f = sub.add_parser("fsck", help="check the log's integrity (run with the relay stopped)")
     f.add_argument(
@@ -206,6 +210,18 @@ def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    config = _config()  # the new rules are checked here too: a bad file is reported now
+    pidfile = Path(config.settings.data_dir) / app.PID_NAME
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        raise admin.AdminError(f"no running relay found ({pidfile})") from None
+    print(f"reload signal sent to the relay (pid {pid}); its log says what was reloaded")
+    return EXIT_OK
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:

@@ -181,6 +181,20 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "tls_cert",
+        "str",
+        "",
+        "PEM certificate (chain) of the ingest server: HTTPS "
+        "when set. Reloaded when the file changes.",
+    ),
+    Option("tls_key", "str", "", "PEM key of RELAY_TLS_CERT."),
+    Option(
+        "tls_client_ca",
+        "str",
+        "",
+        "PEM CA bundle: when set, ingest requires a client certificate signed by it (mutual TLS).",
+    ),
+    Option(
         "trusted_networks",
         "networks",
         (),
@@ -256,6 +270,9 @@ class Settings:
     data_dir: str
     sync: str
     auth_tokens: tuple[str, ...]
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
     ingest_signing_secrets: tuple[str, ...]
     trusted_networks: tuple[Any, ...]
     max_body: int
