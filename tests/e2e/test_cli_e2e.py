@@ -176,3 +176,17 @@ async def test_quarantine_retry_ingests_bodies_that_now_parse(
     got = await receiver.wait_for(1)
     assert got[0].json()["Key"] == "q/late.txt"
     assert "1 quarantined body" in relay.cli("quarantine", "list").stdout
+
+
+async def test_check_warns_about_rules_naming_no_sink_and_matches_arn_case(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    rules = {
+        # RustFS lower-cases ids: an ARN written with the operator's case still routes
+        "RELAY_RULE_A_SINKS": "arn:rustfs:sqs::MAIN:webhook",
+        "RELAY_RULE_B_SINKS": "arn:rustfs:sqs::qatlas:webhook",  # no such sink
+    }
+    result = relay_cli(RelayProcess(tmp_path, env(receiver, **rules)).env, "check", cwd=tmp_path)
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert any("qatlas" in w for w in warnings), result.stdout
+    assert not any("MAIN" in w or "webhook:main" in w for w in warnings), warnings
