@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -72,6 +72,18 @@ SINK_UP = Gauge(
     "relay_sink_up", "1 when the sink's last attempt succeeded, 0 while it is failing.",
     ["sink"], registry=REGISTRY,
 )  # fmt: skip
+
+
+_RECEIVED: dict[tuple[str, str], Any] = {}
+
+
+def received(source: str, dialect: str) -> Any:
+    """The events-received counter of a (source, dialect), looked up once per pair (the
+    ingest path calls this for every request)."""
+    child = _RECEIVED.get((source, dialect))
+    if child is None:
+        child = _RECEIVED[(source, dialect)] = EVENTS_RECEIVED.labels(source, dialect)
+    return child
 
 
 class LogCollector(Collector):

@@ -143,8 +143,7 @@ def retry_quarantine(conn: sqlite3.Connection, qid: int | None) -> list[Quaranti
         with transaction(conn):
             accepted = 0
             for event in parsed.events:
-                r = event_row(event)
-                accepted += conn.execute(Q["insert_event"], (r[0], now, *r[1:])).rowcount
+                accepted += conn.execute(Q["insert_event"], event_row(event, now)).rowcount
             conn.execute(Q["delete_quarantine"], (item,))
         results.append(QuarantineRetry(item, True, f"{accepted} event(s) accepted"))
     return results

@@ -72,10 +72,11 @@ class Settlement:
 
 @dataclass(slots=True)
 class _Command:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[sqlite3.Connection], Any] | None  # run in the transaction, or:
     future: asyncio.Future[Any] | None
     weight: int = 1
     wakes: bool = False  # an append: dispatchers are woken after the commit
+    rows: list[tuple[Any, ...]] | None = None  # an append: event rows, inserted together
 
 
 _STOP = object()
@@ -107,6 +108,8 @@ class Log:
         self.free_disk = 0
         self.pressure: str | None = None  # why ingest must answer 503, or None
         self.commits = 0
+        self._last_seq = 0  # highest seq committed by this writer
+        self._pending = (0, 0)  # (last seq, events) of the commit under way
         self.open_seconds = 0.0  # integrity check and counts at start
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -137,6 +140,7 @@ class Log:
                 if problems != ["ok"]:
                     raise sqlite3.DatabaseError("; ".join(problems))
                 self.events = conn.execute(Q["log_counts"]).fetchone()[0]
+                self._last_seq = conn.execute(Q["max_seq"]).fetchone()[0]
                 self._measure(conn)
                 self.open_seconds = time.monotonic() - started
             finally:
@@ -170,8 +174,9 @@ class Log:
     # -- writes -------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[Event]) -> AppendResult:
-        rows = [event_row(e) for e in events]
-        return await self._submit(lambda conn: _insert_events(self, conn, rows), len(rows), True)
+        now = time.time()
+        rows = [event_row(e, now) for e in events]
+        return await self._submit(None, len(rows), True, rows)
 
     async def quarantine(self, source: str, reason: str, headers: str, body: bytes) -> int:
         def insert(conn: sqlite3.Connection) -> int:
@@ -196,14 +201,18 @@ class Log:
         return await self._submit(fn, 1, wakes)
 
     def _submit(
-        self, fn: Callable[[sqlite3.Connection], Any], weight: int = 1, wakes: bool = False
+        self,
+        fn: Callable[[sqlite3.Connection], Any] | None,
+        weight: int = 1,
+        wakes: bool = False,
+        rows: list[tuple[Any, ...]] | None = None,
     ) -> asyncio.Future[Any]:
         if self._closed:
             raise LogClosed("the log is closed")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         future = self._loop.create_future()
-        self._inbox.put(_Command(fn, future, weight, wakes))
+        self._inbox.put(_Command(fn, future, weight, wakes, rows))
         return future
 
     # -- reads --------------------------------------------------------------------------------
@@ -327,9 +336,11 @@ class Log:
         done: list[tuple[asyncio.Future[Any], Any, bool]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [cmd.fn(conn) for cmd in batch]
+            appended = iter(self._insert(conn, [c for c in batch if c.rows is not None]))
+            results = [next(appended) if c.fn is None else c.fn(conn) for c in batch]
             conn.execute("COMMIT")
             self.commits += 1
+            self._last_seq, self.events = self._pending
             done = [(c.future, r, False) for c, r in zip(batch, results) if c.future]
         except Exception as exc:
             _rollback(conn)
@@ -346,6 +357,31 @@ class Log:
         woke = any(c.wakes for c in batch)
         if self._loop is not None and (done or woke):
             self._loop.call_soon_threadsafe(self._after_commit, done, woke)
+
+    def _insert(self, conn: sqlite3.Connection, appends: list[_Command]) -> list[AppendResult]:
+        """Every appended row of this commit in one executemany (the per-row Python work of
+        the writer thread is what limits ingest, not the fsync). Duplicates are rare: only
+        when some row was ignored are the event ids that went in read back, to tell each
+        request how many of its events were new."""
+        if not appends:
+            self._pending = (self._last_seq, self.events)
+            return []
+        rows = [row for cmd in appends for row in cmd.rows or ()]
+        inserted = conn.executemany(Q["insert_event"], rows).rowcount
+        # taken over by _commit once the COMMIT went through
+        self._pending = (conn.execute(Q["max_seq"]).fetchone()[0], self.events + inserted)
+        if inserted == len(rows):
+            return [AppendResult(len(cmd.rows or ()), 0) for cmd in appends]
+        new = {r[0] for r in conn.execute(Q["event_ids_after"], (self._last_seq,))}
+        results = []
+        for cmd in appends:
+            accepted = 0
+            for row in cmd.rows or ():
+                if row[0] in new:
+                    new.discard(row[0])  # the same event twice in one commit: once new
+                    accepted += 1
+            results.append(AppendResult(accepted, len(cmd.rows or ()) - accepted))
+        return results
 
     def _fail_waiting(self, exc: Exception) -> None:
         done = []
@@ -428,18 +464,6 @@ def _rollback(conn: sqlite3.Connection) -> None:
         pass
 
 
-def _insert_events(
-    log_: Log, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]
-) -> AppendResult:
-    now = time.time()
-    accepted = 0
-    insert = Q["insert_event"]
-    for row in rows:
-        accepted += conn.execute(insert, (row[0], now, *row[1:])).rowcount
-    log_.events += accepted
-    return AppendResult(accepted, len(rows) - accepted)
-
-
 def _settle(conn: sqlite3.Connection, s: Settlement) -> None:
     now = time.time()
     for seq, attempts, error in s.dead:
@@ -456,12 +480,13 @@ def _settle(conn: sqlite3.Connection, s: Settlement) -> None:
         conn.execute(Q["upsert_retry"], (s.sink, *s.retry))
 
 
-def event_row(e: Event) -> tuple[Any, ...]:
+def event_row(e: Event, received_at: float) -> tuple[Any, ...]:
+    """The `insert_event` parameters of an event."""
     attrs = None
     if e.metadata or e.tags:
         attrs = _ATTRS.encode({"metadata": e.metadata, "tags": e.tags}).decode()
     return (
-        e.event_id, e.source, e.dialect, e.event_name, e.bucket, e.key, e.size, e.etag,
+        e.event_id, received_at, e.source, e.dialect, e.event_name, e.bucket, e.key, e.size, e.etag,
         e.version_id, e.sequencer, e.event_time, e.principal, e.source_ip, e.user_agent,
         e.request_id, e.sender_event_id, attrs, e.record,
     )  # fmt: skip

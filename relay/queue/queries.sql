@@ -8,6 +8,11 @@ INSERT OR IGNORE INTO events (
     attrs, record
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
+-- name: event_ids_after
+-- The events a commit inserted (seq above the highest before it): used only when some of
+-- its rows were duplicates, to credit each request.
+SELECT event_id FROM events WHERE seq > ?;
+
 -- name: insert_quarantine
 INSERT INTO quarantine (received_at, source, reason, headers, body) VALUES (?, ?, ?, ?, ?);
 
