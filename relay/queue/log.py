@@ -405,13 +405,21 @@ class Log:
 
     def _update_pressure(self) -> None:
         if self.events >= self.max_events:
-            self.pressure = "log_full_events"
+            pressure: str | None = "log_full_events"
         elif self.bytes >= self.max_bytes:
-            self.pressure = "log_full_bytes"
+            pressure = "log_full_bytes"
         elif self.min_free_bytes and self.free_disk and self.free_disk < self.min_free_bytes:
-            self.pressure = "disk_low"
+            pressure = "disk_low"
         else:
-            self.pressure = None
+            pressure = None
+        if pressure != self.pressure:  # one line per change, not per refused request
+            if pressure:
+                log.warning("backpressure on: ingest answers 503",
+                            extra={"reason": pressure, "events": self.events,
+                                   "bytes": self.bytes, "free_disk": self.free_disk})  # fmt: skip
+            else:
+                log.info("backpressure off: ingest accepts again", extra={"events": self.events})
+        self.pressure = pressure
 
     def _near_mark(self) -> bool:
         return self.events >= 0.9 * self.max_events or self.bytes >= 0.9 * self.max_bytes

@@ -150,6 +150,9 @@ async def test_backpressure_answers_503_and_recovers(
 
     await eventually(accepted, timeout=30, interval=0.5)
     await receiver.wait_for(6)
+    logs = relay.logs()
+    assert logs.count('"backpressure on: ingest answers 503"') == 1  # a line per change
+    assert '"backpressure off: ingest accepts again"' in logs
     body = json.loads(
         relay.cli("queue", "stats").stdout.split("\n")[0].replace("events in log: ", "")
     )
