@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from relay import ingest, metrics, sinks, tls
+from relay import admin_api, ingest, metrics, sinks, tls
 from relay.config import ConfigError, Settings, SinkSpec, load_settings, load_sinks
 from relay.dispatch import Dispatcher, Policy
 from relay.queue import fsck
@@ -40,6 +40,7 @@ def load_config(env: Mapping[str, str]) -> Config:
     """Everything from the environment, validated; raises ConfigError naming the variable.
     Touches nothing on disk."""
     settings = load_settings(env)
+    admin_api.check(settings)
     specs, warnings = load_sinks(env, sinks.declared_options())
     router = load_router(env, settings, [s.name for s in specs])
     warnings += router.warnings
@@ -104,6 +105,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     tasks = [asyncio.create_task(d.run(), name=f"dispatch {n}") for n, d in dispatchers.items()]
 
     app = ingest.make_app(settings, event_log, dispatchers)
+    admin_api.mount(app, settings, event_log, dispatchers)  # /admin/: 404 unless tokens set
     # keepalive_timeout also closes a connection that never completes its headers
     # (aiohttp arms it when the connection opens): no slowloris.
     runner = web.AppRunner(

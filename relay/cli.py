@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from relay import __version__, app, logs, sinks
-from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, parse_duration
+from relay import __version__, app, audit, logs, progress, sinks, tail
+from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option
 from relay.events import Unparseable, parse_body
 from relay.queue import admin, fsck, stats
 from relay.rules import (
@@ -119,6 +119,30 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--prefix")
     r.add_argument("--ignore-rules", action="store_true", help="also events the rules keep away")
     r.set_defaults(run=cmd_replay)
+    audit.add_parser(sub)  # relay audit verify (relay/audit.py)
+
+    t = sub.add_parser(
+        "tail", help="print the events going into a running relay's log, as they arrive"
+    )
+    t.add_argument("--bucket", action="append", default=[], help="only this bucket (repeat)")
+    t.add_argument("--prefix", help="only keys starting with this")
+    t.add_argument(
+        "--event", action="append", default=[],
+        help="only these events, wildcards allowed (s3:ObjectCreated:*); repeat for several",
+    )  # fmt: skip
+    t.add_argument(
+        "--after", type=int, help="start after this seq: events already in the log first"
+    )
+    t.add_argument(
+        "--url", help="the relay (default: http://127.0.0.1 on the port of RELAY_LISTEN)"
+    )
+    t.add_argument(
+        "--token", help="an admin token (default: the first of RELAY_ADMIN_TOKENS, which "
+        "keeps it out of the process list)",
+    )  # fmt: skip
+    t.add_argument("--json", action="store_true", help="one JSON object per event")
+    t.add_argument("--count", type=int, help="exit after this many events")
+    t.set_defaults(run=cmd_tail)
 
     rules = sub.add_parser("rules", help="routing rules").add_subparsers(metavar="action")
     t = rules.add_parser("test", help="which sinks an event body would reach, and why")
@@ -301,7 +325,19 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         print("run `relay fsck --repair` to copy every readable row into a new log")
         return EXIT_DAMAGED
     sinks = [s.name for s in config.specs]
-    report = fsck.repair(path, sinks, progress=lambda line: print(f"  {line}"))
+    bars: dict[str, progress.Bar] = {}
+
+    def meter(table: str, done: int, total: int) -> None:
+        if table not in bars:
+            bars[table] = progress.Bar(f"  {table}", "keys")
+        bars[table](done, total)
+
+    def line(text: str) -> None:
+        for bar in bars.values():
+            bar.close()
+        print(f"  {text}")
+
+    report = fsck.repair(path, sinks, progress=line, meter=meter)
     print(f"repaired: {report.copied.get('events', 0)} events copied, up to seq "
           f"{report.highest_seq}; gaps below it: {report.lost_ranges.get('events', [])} "
           "(pruned events leave gaps too); events after it may be lost if the end of the "
@@ -333,8 +369,8 @@ def _selection(args: argparse.Namespace) -> tuple[int | None, str | None]:
 
 def cmd_dlq_retry(args: argparse.Namespace) -> int:
     dlq_id, sink = _selection(args)
-    with admin.connect(_db(_config())) as conn:
-        n = admin.retry_dead_letters(conn, dlq_id, sink)
+    with admin.connect(_db(_config())) as conn, progress.Bar("dlq retry", "dead letters") as bar:
+        n = admin.retry_dead_letters(conn, dlq_id, sink, bar)
     print(f"{n} dead letter(s) queued for redelivery")
     return EXIT_OK
 
@@ -382,13 +418,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
     since = _when(args.since, now) if args.since else 0.0
     until = _when(args.until, now) if args.until else now + 1
     router = config.router
-    with admin.connect(_db(config)) as conn:
+    with admin.connect(_db(config)) as conn, progress.Bar("replay", "events") as bar:
         n = admin.replay(
             conn, sink, since, until, args.bucket, args.prefix,
             (lambda e: True) if args.ignore_rules else (lambda e: router.matches(sink, e.event)),
+            bar,
         )  # fmt: skip
     print(f"{n} event(s) queued for redelivery to {sink}")
     return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    config = _config()
+    token = args.token or next(iter(config.settings.admin_tokens), "")
+    if not token:
+        raise admin.AdminError("give an admin token: --token, or RELAY_ADMIN_TOKENS")
+    url = args.url or f"http://127.0.0.1:{config.settings.listen_port}"
+    query = [("bucket", b) for b in args.bucket] + [("event", e) for e in args.event]
+    if args.prefix:
+        query.append(("prefix", args.prefix))
+    try:
+        return asyncio.run(
+            tail.follow(url, token, query, args.after, args.json, args.count, sys.stdout,
+                        sys.stderr)
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
@@ -429,17 +484,7 @@ def _time(ts: float) -> str:
 
 
 def _when(text: str, now: float) -> float:
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise admin.AdminError(f"{text!r} is neither an RFC 3339 time nor a duration") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return stamp.timestamp()
+    return admin.parse_when(text, now)
 
 
 if __name__ == "__main__":

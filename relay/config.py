@@ -181,6 +181,15 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "admin_tokens",
+        "list",
+        (),
+        "Tokens of the admin API, status page and live tail under `/admin/` on the ingest "
+        "port (comma-separated, several for rotation; sent as `Authorization: Bearer`). "
+        "Ingest tokens do not open it. Empty: `/admin/` does not exist (404).",
+        secret=True,
+    ),
+    Option(
         "tls_cert",
         "str",
         "",
@@ -240,6 +249,14 @@ RELAY_OPTIONS: tuple[Option, ...] = (
     ),
     Option("rules_file", "str", "", "TOML file of routing rules (see Rules)."),
     Option(
+        "expected_principals",
+        "list",
+        (),
+        "Access keys (principals) expected to act on the buckets: the audit trail sinks "
+        'mark other principals\' events `"unexpected_principal": true` and count them in '
+        "relay_unexpected_principal_total. Empty: no event is marked.",
+    ),
+    Option(
         "shutdown_timeout",
         "duration",
         10.0,
@@ -274,6 +291,7 @@ class Settings:
     tls_key: str
     tls_client_ca: str
     ingest_signing_secrets: tuple[str, ...]
+    admin_tokens: tuple[str, ...]
     trusted_networks: tuple[Any, ...]
     max_body: int
     request_timeout: float
@@ -283,6 +301,7 @@ class Settings:
     retention: float
     on_damage: str
     rules_file: str
+    expected_principals: tuple[str, ...]
     shutdown_timeout: float
     log_format: str
     log_level: str

@@ -76,6 +76,7 @@ class _Work:
     entries: list[LogEntry]
     redelivery: bool
     scan_end: int  # for cursor work: the last seq examined (matched or skipped)
+    full: bool = False  # it can take no more (bytes, or the whole window read): no waiting
 
 
 class Dispatcher:
@@ -94,9 +95,39 @@ class Dispatcher:
         self._ahead: set[int] = set()
         self._stop = asyncio.Event()
         self._wake: asyncio.Event | None = None
+        # Cleared while an operator has paused the sink (admin API). In memory only: a
+        # restart resumes every sink; the events wait in the log meanwhile.
+        self._running = asyncio.Event()
+        self._running.set()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._wake is not None:
+            self._wake.set()  # a partial batch waiting for company (batch_wait) goes now
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        """Deliver nothing more after the batch in flight; events wait in the log."""
+        if not self.paused:
+            self._running.clear()
+            log.info("sink paused", extra={"sink": self.name})
+
+    def resume(self) -> None:
+        if self.paused:
+            self._running.set()
+            log.info("sink resumed", extra={"sink": self.name})
+
+    async def _until_resumed(self) -> None:
+        waits = {asyncio.ensure_future(self._running.wait()),
+                 asyncio.ensure_future(self._stop.wait())}  # fmt: skip
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
 
     async def run(self) -> None:
         self._wake = self.log.listener()
@@ -104,6 +135,9 @@ class Dispatcher:
             return
         failures = 0
         while not self._stop.is_set():
+            if self.paused:
+                await self._until_resumed()
+                continue
             try:
                 await self._round()
                 failures = 0
@@ -130,6 +164,8 @@ class Dispatcher:
             return
         if not await self._wait_for_schedule(work.entries[0]):
             return
+        if self.paused:  # paused meanwhile: nothing sent, nothing settled
+            return
         results = await self._deliver(work.entries)
         if any(results):  # failures read their retry state: off the event loop
             settlement = await asyncio.to_thread(self._settlement, work, results)
@@ -152,37 +188,46 @@ class Dispatcher:
             if not self._should_wait(work):
                 return work
             # A partial batch may wait `batch_wait` for company (e.g. the audit bucket's
-            # object age); nothing is acked meanwhile, so nothing is only in memory.
+            # object age); nothing is acked meanwhile, so nothing is only in memory. The log
+            # is read again only once enough has arrived to fill the batch (by count, or by
+            # bytes at the batch's average record size), not on every append.
             deadline = work.entries[0].received_at + self.policy.batch_wait
+            size = sum(len(e.event.record) for e in work.entries)
+            per_event = size / len(work.entries)
+            seen, room = rows[-1].seq, limit - len(rows)
             assert self._wake is not None
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.time()))
-            if self._stop.is_set() or time.time() >= deadline:
-                rows = await asyncio.to_thread(self.log.entries_after, self.cursor, limit)
-                return self._select(rows) if rows else None
+            while not self._stop.is_set() and time.time() < deadline:
+                arrived = self.log.last_seq - seen  # past the window already read
+                if arrived >= room or size + arrived * per_event >= self.policy.batch_bytes:
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.time()))
 
     def _select(self, rows: Sequence[LogEntry]) -> _Work:
         matched: list[LogEntry] = []
         size = 0
         scan_end = self.cursor
+        full = len(rows) >= self.policy.batch_size
         for entry in rows:
             if entry.seq in self._ahead or not self.router.matches(self.name, entry.event):
                 scan_end = entry.seq
                 continue
             n = len(entry.event.record)
             if matched and size + n > self.policy.batch_bytes:
+                full = True
                 break
             matched.append(entry)
             size += n
             scan_end = entry.seq
-        return _Work(matched, False, scan_end)
+        return _Work(matched, False, scan_end, full)
 
     def _should_wait(self, work: _Work) -> bool:
         p = self.policy
         return (
             p.batch_wait > 0
             and 0 < len(work.entries) < p.batch_size
+            and not work.full
             and time.time() < work.entries[0].received_at + p.batch_wait
             and not self._stop.is_set()
         )
@@ -207,8 +252,13 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self.sink.start(), self.policy.batch_timeout)
-                if attempts:
+                # A started sink is not yet a reachable one (a webhook connects lazily): its
+                # own probe says, so an idle healthy sink reads up and an absent target down.
+                health = await asyncio.wait_for(self.sink.health(), self.policy.batch_timeout)
+                if health.ok:
                     self._mark_up()
+                else:
+                    self._mark_down(health.detail)
                 return True
             except Exception as exc:  # start failures of any kind: keep probing
                 attempts += 1

@@ -68,6 +68,16 @@ RETRIES = Counter(
     "relay_retries_total", "Retryable failures, each followed by a scheduled retry.",
     ["sink"], registry=REGISTRY,
 )  # fmt: skip
+AUDIT_SELF_EVENTS = Counter(
+    "relay_audit_self_events_total",
+    "Events about an audit sink's own bucket, not written (the self-loop guard).",
+    ["sink"], registry=REGISTRY,
+)  # fmt: skip
+UNEXPECTED_PRINCIPAL = Counter(
+    "relay_unexpected_principal_total",
+    "Events written to an audit trail whose principal is not in RELAY_EXPECTED_PRINCIPALS.",
+    ["bucket"], registry=REGISTRY,
+)  # fmt: skip
 SINK_UP = Gauge(
     "relay_sink_up", "1 when the sink's last attempt succeeded, 0 while it is failing.",
     ["sink"], registry=REGISTRY,

@@ -1,16 +1,24 @@
 """Operator actions on the log: dead letters, quarantine, replay.
 
-They run in the CLI's own process with their own connection, next to a running relay:
-SQLite serialises the two writers (busy_timeout), and the relay's dispatchers pick up
-queued redeliveries within a second.
+One code path for the CLI and the admin HTTP API. Every write is a body that takes a
+connection already inside a transaction (`*_tx`): the admin API runs it in the log writer's
+next transaction (`Log.write`), so it never contends with the relay's own writer; the CLI
+runs it through the wrapper of the same name without `_tx`, in its own process and its own
+`BEGIN IMMEDIATE` transaction, next to a running relay (SQLite serialises the two writers
+with busy_timeout; the relay's dispatchers pick up queued redeliveries within a second).
+Reads (`list_*`, `show_*`, the selection of a replay, re-parsing a quarantined body) take
+any connection, a read-only one included.
+
+`progress`, where taken, is called as `progress(done, total)` while the work goes on.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +26,24 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from relay.events import Unparseable, parse_body
+from relay.config import parse_duration
+from relay.events import Event, Unparseable, parse_body
 from relay.queue.log import LogEntry, entry_from_row, event_row
 from relay.queue.queries import Q
 
 
 class AdminError(Exception):
+    pass
+
+
+class NotFound(AdminError):
+    """The named dead letter or quarantined body does not exist."""
+
+
+Progress = Callable[[int, int], None]
+
+
+def _no_progress(done: int, total: int) -> None:
     pass
 
 
@@ -73,7 +93,7 @@ def list_dead_letters(conn: sqlite3.Connection, sink: str | None, limit: int) ->
 def show_dead_letter(conn: sqlite3.Connection, dlq_id: int) -> dict[str, Any]:
     row = conn.execute(Q["get_dead_letter"], (dlq_id,)).fetchone()
     if row is None:
-        raise AdminError(f"no dead letter {dlq_id}")
+        raise NotFound(f"no dead letter {dlq_id}")
     keys = ("id", "sink", "seq", "attempts", "error", "at", "event_id", "event_name", "bucket",
             "key", "record")  # fmt: skip
     out = dict(zip(keys, row))
@@ -81,22 +101,38 @@ def show_dead_letter(conn: sqlite3.Connection, dlq_id: int) -> dict[str, Any]:
     return out
 
 
-def retry_dead_letters(conn: sqlite3.Connection, dlq_id: int | None, sink: str | None) -> int:
-    """Queue dead letters for redelivery to their sink; the dead-letter rows go away."""
+def retry_dead_letters_tx(
+    conn: sqlite3.Connection, dlq_id: int | None, sink: str | None,
+    progress: Progress = _no_progress,
+) -> int:  # fmt: skip
+    """Queue dead letters (one, a sink's, or all) for redelivery to their sink; the
+    dead-letter rows go away. Inside the caller's transaction."""
+    rows = conn.execute(Q["dead_letters_for_retry"], (dlq_id, dlq_id, sink, sink)).fetchall()
+    for done, (row_id, row_sink, seq) in enumerate(rows, 1):
+        conn.execute(Q["requeue_dead_letter"], (row_sink, seq))
+        conn.execute(Q["delete_dead_letter"], (row_id,))
+        progress(done, len(rows))
+    return len(rows)
+
+
+def retry_dead_letters(
+    conn: sqlite3.Connection, dlq_id: int | None, sink: str | None,
+    progress: Progress = _no_progress,
+) -> int:  # fmt: skip
     with transaction(conn):
-        rows = conn.execute(Q["dead_letters_for_retry"], (dlq_id, dlq_id, sink, sink)).fetchall()
-        for row_id, row_sink, seq in rows:
-            conn.execute(Q["requeue_dead_letter"], (row_sink, seq))
-            conn.execute(Q["delete_dead_letter"], (row_id,))
+        return retry_dead_letters_tx(conn, dlq_id, sink, progress)
+
+
+def purge_dead_letters_tx(conn: sqlite3.Connection, dlq_id: int | None, sink: str | None) -> int:
+    rows = conn.execute(Q["dead_letters_for_retry"], (dlq_id, dlq_id, sink, sink)).fetchall()
+    for row_id, _, _ in rows:
+        conn.execute(Q["delete_dead_letter"], (row_id,))
     return len(rows)
 
 
 def purge_dead_letters(conn: sqlite3.Connection, dlq_id: int | None, sink: str | None) -> int:
     with transaction(conn):
-        rows = conn.execute(Q["dead_letters_for_retry"], (dlq_id, dlq_id, sink, sink)).fetchall()
-        for row_id, _, _ in rows:
-            conn.execute(Q["delete_dead_letter"], (row_id,))
-    return len(rows)
+        return purge_dead_letters_tx(conn, dlq_id, sink)
 
 
 # -- quarantine ---------------------------------------------------------------------------------
@@ -109,7 +145,7 @@ def list_quarantine(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...
 def show_quarantine(conn: sqlite3.Connection, qid: int) -> dict[str, Any]:
     row = conn.execute(Q["get_quarantine"], (qid,)).fetchone()
     if row is None:
-        raise AdminError(f"no quarantined body {qid}")
+        raise NotFound(f"no quarantined body {qid}")
     return {
         "id": row[0], "received_at": row[1], "source": row[2], "reason": row[3],
         "headers": json.loads(row[4]), "body": bytes(row[5]).decode("utf-8", "replace"),
@@ -123,33 +159,91 @@ class QuarantineRetry:
     detail: str
 
 
+def quarantine_ids(conn: sqlite3.Connection, qid: int | None) -> list[int]:
+    """The bodies a retry covers: `qid`, or all of them."""
+    return [qid] if qid is not None else [r[0] for r in conn.execute(Q["list_quarantine"], (-1,))]
+
+
+def reparse_quarantined(conn: sqlite3.Connection, qid: int) -> list[Event] | QuarantineRetry:
+    """Parse one quarantined body again (read only): its events, or why it stays."""
+    row = conn.execute(Q["get_quarantine"], (qid,)).fetchone()
+    if row is None:
+        return QuarantineRetry(qid, False, "no such quarantined body")
+    headers = CIMultiDict((k, v) for k, v in json.loads(row[4]).items() if isinstance(v, str))
+    try:
+        parsed = parse_body(bytes(row[5]), headers, row[2])
+    except Unparseable as exc:
+        return QuarantineRetry(qid, False, f"still unreadable: {exc.reason}")
+    return list(parsed.events)
+
+
+def ingest_reparsed_tx(conn: sqlite3.Connection, qid: int, events: Sequence[Event]) -> int:
+    """Store the events of a body that now parses and take it out of quarantine, inside the
+    caller's transaction; returns how many were new to the log. (The admin API hands the
+    events to `Log.append`, which keeps the writer's own accounting, then runs
+    `drop_quarantined_tx`: a crash between the two leaves the body in quarantine, and
+    retrying it again stores nothing twice, as the log deduplicates.)"""
+    now = time.time()
+    accepted = 0
+    for event in events:
+        accepted += conn.execute(Q["insert_event"], event_row(event, now)).rowcount
+    drop_quarantined_tx(conn, qid)
+    return accepted
+
+
+def drop_quarantined_tx(conn: sqlite3.Connection, qid: int) -> None:
+    conn.execute(Q["delete_quarantine"], (qid,))
+
+
 def retry_quarantine(conn: sqlite3.Connection, qid: int | None) -> list[QuarantineRetry]:
     """Parse quarantined bodies again (after a fix to the relay or a config change); those
     that now parse become events and leave quarantine."""
-    ids = [qid] if qid is not None else [r[0] for r in conn.execute(Q["list_quarantine"], (-1,))]
     results = []
-    for item in ids:
-        row = conn.execute(Q["get_quarantine"], (item,)).fetchone()
-        if row is None:
-            results.append(QuarantineRetry(item, False, "no such quarantined body"))
+    for item in quarantine_ids(conn, qid):
+        parsed = reparse_quarantined(conn, item)
+        if isinstance(parsed, QuarantineRetry):
+            results.append(parsed)
             continue
-        headers = CIMultiDict((k, v) for k, v in json.loads(row[4]).items() if isinstance(v, str))
-        try:
-            parsed = parse_body(bytes(row[5]), headers, row[2])
-        except Unparseable as exc:
-            results.append(QuarantineRetry(item, False, f"still unreadable: {exc.reason}"))
-            continue
-        now = time.time()
         with transaction(conn):
-            accepted = 0
-            for event in parsed.events:
-                accepted += conn.execute(Q["insert_event"], event_row(event, now)).rowcount
-            conn.execute(Q["delete_quarantine"], (item,))
+            accepted = ingest_reparsed_tx(conn, item, parsed)
         results.append(QuarantineRetry(item, True, f"{accepted} event(s) accepted"))
     return results
 
 
 # -- replay -------------------------------------------------------------------------------------
+
+
+def replay_selection(
+    conn: sqlite3.Connection,
+    since: float,
+    until: float,
+    bucket: str | None,
+    prefix: str | None,
+    accept: Callable[[LogEntry], bool],
+    progress: Progress | None = None,
+) -> list[int]:
+    """The seqs of the log's events in [since, until) that pass the filters and `accept`
+    (the target sink's rules, unless the operator overrides them). Read only."""
+    args = (since, until, bucket, bucket, prefix, prefix, prefix)
+    total = conn.execute(Q["replay_count"], args).fetchone()[0] if progress else 0
+    seqs = []
+    for done, row in enumerate(conn.execute(Q["replay_select"], args), 1):
+        entry = entry_from_row(row)
+        if accept(entry):
+            seqs.append(entry.seq)
+        if progress:
+            progress(done, max(total, done))
+    return seqs
+
+
+def queue_redeliveries_tx(
+    conn: sqlite3.Connection, sink: str, seqs: Sequence[int], reason: str = "replay"
+) -> int:
+    """Queue events for redelivery to `sink` (any configured sink, not only the one that
+    got them first), inside the caller's transaction; events no longer in the log and
+    those already queued are skipped. Returns how many were queued."""
+    insert = Q["insert_redelivery_if_present"]
+    return sum(conn.execute(insert, (sink, reason, seq)).rowcount for seq in seqs)
 
 
 def replay(
@@ -160,14 +254,24 @@ def replay(
     bucket: str | None,
     prefix: str | None,
     accept: Callable[[LogEntry], bool],
+    progress: Progress | None = None,
 ) -> int:
-    """Queue the log's events in [since, until) that pass the filters and `accept` (the
-    sink's rules, unless the operator overrides them) for redelivery to `sink`."""
-    args = (since, until, bucket, bucket, prefix, prefix, prefix)
-    count = 0
+    """Select and queue in one transaction (the CLI)."""
     with transaction(conn):
-        for row in conn.execute(Q["replay_select"], args).fetchall():
-            entry = entry_from_row(row)
-            if accept(entry):
-                count += conn.execute(Q["insert_redelivery"], (sink, entry.seq, "replay")).rowcount
-    return count
+        seqs = replay_selection(conn, since, until, bucket, prefix, accept, progress)
+        return queue_redeliveries_tx(conn, sink, seqs)
+
+
+def parse_when(text: str, now: float) -> float:
+    """An RFC 3339 time, or a duration ago (`2h`), as unix seconds."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise AdminError(f"{text!r} is neither an RFC 3339 time nor a duration") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return stamp.timestamp()

@@ -71,10 +71,14 @@ def set_aside(path: Path) -> Path:
 
 
 def repair(
-    path: Path, sinks: list[str], progress: Callable[[str], None] = lambda _: None
+    path: Path,
+    sinks: list[str],
+    progress: Callable[[str], None] = lambda _: None,
+    meter: Callable[[str, int, int], None] | None = None,
 ) -> RepairReport:
     """`sinks`: the configured sinks. If the cursors cannot be read, each starts again from
-    the first event kept: delivered twice rather than never (at-least-once)."""
+    the first event kept: delivered twice rather than never (at-least-once). `meter(table,
+    done, total)` follows the copy of each table through its key range (a progress bar)."""
     report = RepairReport()
     fresh = path.with_name(path.name + ".repairing")
     for suffix in ("", "-wal", "-shm"):
@@ -85,7 +89,7 @@ def repair(
     try:
         target.execute("BEGIN")
         for table, key in TABLES.items():
-            copied, lost = _copy_table(source, target, table, key)
+            copied, lost = _copy_table(source, target, table, key, meter)
             report.copied[table] = copied
             if lost:
                 report.lost_ranges[table] = lost
@@ -125,7 +129,11 @@ def repair(
 
 
 def _copy_table(
-    source: sqlite3.Connection, target: sqlite3.Connection, table: str, key: str
+    source: sqlite3.Connection,
+    target: sqlite3.Connection,
+    table: str,
+    key: str,
+    meter: Callable[[str, int, int], None] | None = None,
 ) -> tuple[int, list[tuple[int, int]]]:
     try:
         low, high = source.execute(f"SELECT min({key}), max({key}) FROM {table}").fetchone()
@@ -143,6 +151,7 @@ def _copy_table(
     copied = 0
     lost: list[tuple[int, int]] = []
     stack = [(low, high)]
+    span, covered = high - low + 1, 0
     while stack:
         lo, hi = stack.pop()
         try:
@@ -150,6 +159,9 @@ def _copy_table(
         except sqlite3.DatabaseError:
             if lo == hi:
                 lost.append((lo, hi))
+                covered += 1
+                if meter:
+                    meter(table, covered, span)
             else:
                 mid = (lo + hi) // 2
                 stack.extend([(mid + 1, hi), (lo, mid)])
@@ -160,6 +172,9 @@ def _copy_table(
             continue
         target.executemany(insert, rows)
         copied += len(rows)
+        covered += hi - lo + 1
+        if meter:
+            meter(table, covered, span)
     return copied, _merge(lost)
 
 

@@ -167,6 +167,11 @@ class Log:
                 conn.close()
             self._readers.clear()
 
+    @property
+    def last_seq(self) -> int:
+        """The highest seq committed (by this process's writer)."""
+        return self._last_seq
+
     def set_sinks(self, names: Sequence[str]) -> None:
         """The sinks whose cursors hold back retention."""
         self._sinks = tuple(names)
@@ -367,12 +372,14 @@ class Log:
             self._pending = (self._last_seq, self.events)
             return []
         rows = [row for cmd in appends for row in cmd.rows or ()]
+        # read inside the transaction: another process (the CLI) may have added events
+        before = conn.execute(Q["max_seq"]).fetchone()[0]
         inserted = conn.executemany(Q["insert_event"], rows).rowcount
         # taken over by _commit once the COMMIT went through
         self._pending = (conn.execute(Q["max_seq"]).fetchone()[0], self.events + inserted)
         if inserted == len(rows):
             return [AppendResult(len(cmd.rows or ()), 0) for cmd in appends]
-        new = {r[0] for r in conn.execute(Q["event_ids_after"], (self._last_seq,))}
+        new = {r[0] for r in conn.execute(Q["event_ids_after"], (before,))}
         results = []
         for cmd in appends:
             accepted = 0

@@ -147,3 +147,17 @@ INSERT OR IGNORE INTO redeliveries (sink, seq, reason) VALUES (?, ?, ?);
 
 -- name: list_cursors
 SELECT sink, seq, updated_at FROM cursors ORDER BY sink;
+
+-- name: insert_redelivery_if_present
+-- An operator's redelivery (replay from the admin API): only for an event still in the log,
+-- as retention may have pruned it between the selection and this write.
+INSERT OR IGNORE INTO redeliveries (sink, seq, reason)
+SELECT ?, seq, ? FROM events WHERE seq = ?;
+
+-- name: replay_count
+-- How many events a replay scans (for the CLI's progress bar).
+SELECT count(*)
+FROM events
+WHERE received_at >= ? AND received_at < ?
+  AND (? IS NULL OR bucket = ?)
+  AND (? IS NULL OR substr(key, 1, length(?)) = ?);

@@ -26,7 +26,19 @@ GROUP = "s3_notify_relay.sinks"
 # Used only when the package metadata is missing (a source tree run without installing).
 _SOURCE_TREE = {
     name: f"relay.sinks.{name}"
-    for name in ("webhook", "file", "kafka", "amqp", "nats", "redis", "mqtt", "postgres", "mysql")
+    for name in (
+        "webhook",
+        "file",
+        "kafka",
+        "amqp",
+        "nats",
+        "redis",
+        "mqtt",
+        "postgres",
+        "mysql",
+        "audit_bucket",
+        "nats_objects",
+    )
 }
 _TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -19,6 +19,7 @@ SECRETS = {
     "ingest": "ingest-secret-7Qx",
     "ingest2": "rotated-secret-9Lm",
     "webhook": "webhook-secret-3Fz",
+    "admin": "admin-secret-8Kd",
 }
 
 
@@ -29,6 +30,7 @@ async def test_no_secret_in_any_output(
     dead_port = free_port()
     relay = await relay_factory({
         "RELAY_AUTH_TOKENS": f"{SECRETS['ingest']},{SECRETS['ingest2']}",
+        "RELAY_ADMIN_TOKENS": SECRETS["admin"],
         "RUSTFS_NOTIFY_WEBHOOK_ENABLE_A": "on",
         "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_A": receiver.url,
         "RUSTFS_NOTIFY_WEBHOOK_AUTH_TOKEN_A": SECRETS["webhook"],
@@ -55,6 +57,11 @@ async def test_no_secret_in_any_output(
             outputs.append(await r.text())
         async with session.get(relay.url + "/readyz") as r:
             outputs.append(await r.text())
+        admin = {"Authorization": f"Bearer {SECRETS['admin']}"}
+        for path in ("/admin/api/sinks", "/admin/api/dlq", "/admin/api/quarantine/1", "/admin/"):
+            async with session.get(relay.url + path, headers=admin) as r:
+                assert r.status == 200, path
+                outputs.append(await r.text())
     for args in (("check",), ("queue", "stats"), ("dlq", "list"), ("dlq", "show", "1"),
                  ("quarantine", "list"), ("quarantine", "show", "1")):  # fmt: skip
         result = relay.cli(*args, check=False)

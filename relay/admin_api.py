@@ -1,0 +1,521 @@
+"""The operator's window, under `/admin/` on the ingest port: a JSON API, the live tail and
+a status page.
+
+Off (every `/admin/` path answers 404) unless RELAY_ADMIN_TOKENS is set. Every API and
+stream request carries `Authorization: Bearer <admin token>`, compared in constant time;
+ingest tokens, `?token=` and trusted networks do not open it. The page and its script carry
+no data and need no token: the operator types the token into the page, which keeps it in
+sessionStorage and sends it as that header.
+
+The API runs the same functions as the CLI (relay.queue.admin, relay.queue.stats): reads on
+the API's own reader threads (read-only connections: they never block the writer), writes
+in the log writer's next transaction (`Log.write`), so an operator action never contends
+with the relay's own writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import hmac
+import json
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from relay import metrics, tail
+from relay.config import ConfigError, Settings
+from relay.dispatch import Dispatcher
+from relay.queue import admin, stats
+from relay.queue.log import Log
+
+log = logging.getLogger("relay.admin")
+
+RATE_WINDOW = 10.0  # seconds the delivery rate is measured over
+SAMPLE_EVERY = 1.0
+LIST_LIMIT = 100  # default and …
+MAX_LIST_LIMIT = 10_000  # … largest `limit` of a list
+REDELIVERY_CHUNK = 5_000  # redeliveries queued per writer transaction (a big replay)
+READER_THREADS = 2
+
+STATIC_FILES = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+}
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class DeliveryRates:
+    """Events delivered per second, per sink, over the last RATE_WINDOW seconds, from the
+    `relay_deliveries_total{outcome="delivered"}` counters."""
+
+    def __init__(self, sinks: list[str]) -> None:
+        self._samples: dict[str, deque[tuple[float, float]]] = {s: deque() for s in sinks}
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        totals = delivered_totals()
+        for sink, samples in self._samples.items():
+            samples.append((now, totals.get(sink, 0.0)))
+            while len(samples) > 2 and samples[1][0] <= now - RATE_WINDOW:
+                samples.popleft()
+
+    def rate(self, sink: str, total: float) -> float:
+        """From the oldest sample in the window to now (`total`: the counter now)."""
+        samples = self._samples.get(sink)
+        if not samples:
+            return 0.0
+        t0, c0 = samples[0]
+        elapsed = time.monotonic() - t0
+        return max(0.0, total - c0) / elapsed if elapsed >= 0.5 else 0.0
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(SAMPLE_EVERY)
+
+
+def delivered_totals() -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for family in metrics.DELIVERIES.collect():
+        for s in family.samples:
+            if s.name.endswith("_total") and s.labels.get("outcome") == "delivered":
+                totals[s.labels["sink"]] = s.value
+    return totals
+
+
+class Admin:
+    def __init__(
+        self, settings: Settings, event_log: Log, dispatchers: Mapping[str, Dispatcher]
+    ) -> None:
+        self.settings = settings
+        self.log = event_log
+        self.dispatchers = dispatchers
+        self.tokens = [t.encode() for t in settings.admin_tokens]
+        self.pool = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="relay-admin")
+        self.hub = tail.Hub(event_log, self.read)
+        self.rates = DeliveryRates(list(dispatchers))
+        self.static = {
+            name: resources.files("relay").joinpath("static", name).read_bytes()
+            for name in STATIC_FILES
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`fn(conn)` on one of the API's reader threads, with the log's read-only
+        connection of that thread (the same connections as `Log.read`, on threads of their
+        own so the API never queues behind the dispatchers' reads)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(self.log.reader()))
+
+    async def start(self, app: web.Application) -> None:
+        self.hub.start()
+        self._tasks.append(asyncio.create_task(self.rates.run(), name="admin rates"))
+
+    async def shutdown(self, app: web.Application) -> None:
+        await self.hub.close()  # open streams end now, not at the shutdown timeout
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def cleanup(self, app: web.Application) -> None:
+        self.pool.shutdown(wait=True)
+
+    def authorised(self, request: web.Request) -> bool:
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return False
+        presented = given.strip().encode()
+        ok = False
+        for token in self.tokens:
+            ok |= hmac.compare_digest(presented, token)  # no early exit
+        return ok
+
+    def dispatcher(self, name: str) -> Dispatcher:
+        found = self.dispatchers.get(name)
+        if found is None:  # sinks are named case-insensitively, as in the rules and the CLI
+            found = next(
+                (d for n, d in self.dispatchers.items() if n.lower() == name.lower()), None
+            )
+        if found is None:
+            configured = ", ".join(self.dispatchers) or "none"
+            raise _error(404, f"no sink {name!r} (configured: {configured})")
+        return found
+
+
+def check(settings: Settings) -> None:
+    """An admin token must not be an ingest token: every sender would hold the keys."""
+    if set(settings.admin_tokens) & set(settings.auth_tokens):
+        raise ConfigError(
+            "RELAY_ADMIN_TOKENS: a token is also in RELAY_AUTH_TOKENS; the admin API needs "
+            "tokens of its own"
+        )
+
+
+ADMIN_KEY = web.AppKey("admin", Admin)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def mount(
+    app: web.Application,
+    settings: Settings,
+    event_log: Log,
+    dispatchers: Mapping[str, Dispatcher],
+) -> None:
+    """Add `/admin/` to the ingest app (before the server starts). Its routes are more
+    specific than ingest's `POST /{source}`, so they take precedence whatever the order."""
+    router = app.router
+    if not settings.admin_tokens:
+        router.add_route("*", "/admin", off)
+        router.add_route("*", "/admin/{tail:.*}", off)
+        return
+    a = Admin(settings, event_log, dispatchers)
+    app[ADMIN_KEY] = a
+    app.on_startup.append(a.start)
+    app.on_shutdown.append(a.shutdown)
+    app.on_cleanup.append(a.cleanup)
+    router.add_get("/admin", redirect)
+    router.add_get("/admin/", page)
+    router.add_get("/admin/static/{name}", static)
+    for method, path, handler in (
+        ("GET", "/admin/api/sinks", sinks),
+        ("POST", "/admin/api/sinks/{name}/pause", pause),
+        ("POST", "/admin/api/sinks/{name}/resume", resume),
+        ("GET", "/admin/api/dlq", dlq_list),
+        ("POST", "/admin/api/dlq/retry", dlq_retry),
+        ("POST", "/admin/api/dlq/purge", dlq_purge),
+        ("GET", r"/admin/api/dlq/{id:\d+}", dlq_show),
+        ("GET", "/admin/api/quarantine", quarantine_list),
+        ("POST", "/admin/api/quarantine/retry", quarantine_retry),
+        ("GET", r"/admin/api/quarantine/{id:\d+}", quarantine_show),
+        ("POST", "/admin/api/replay", replay),
+        ("GET", "/admin/events/stream", events_stream),
+    ):
+        router.add_route(method, path, guarded(handler))
+    # anything else under /admin/ is not ingest's `POST /{source}`
+    router.add_route("*", "/admin/{tail:.*}", guarded(not_found))
+
+
+# -- plumbing -----------------------------------------------------------------------------------
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(body).encode(), content_type="application/json",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )  # fmt: skip
+
+
+class Answer(Exception):
+    """An error answer from anywhere in a handler: `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str) -> Answer:
+    return Answer(status, message)
+
+
+def guarded(handler: Handler) -> Handler:
+    async def run(request: web.Request) -> web.StreamResponse:
+        a = request.app[ADMIN_KEY]
+        if not a.authorised(request):
+            response = _json({"error": "missing or wrong admin token"}, 401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="relay admin"'
+            return response
+        try:
+            return await handler(request)
+        except Answer as exc:
+            return _json({"error": str(exc)}, exc.status)
+        except admin.NotFound as exc:
+            return _json({"error": str(exc)}, 404)
+        except admin.AdminError as exc:
+            return _json({"error": str(exc)}, 400)
+
+    return run
+
+
+async def off(request: web.Request) -> web.Response:
+    return _json({"error": "not found"}, 404)
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return _json({"error": f"no such admin path: {request.method} {request.path}"}, 404)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _error(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _error(400, "the body must be a JSON object")
+    return body
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _error(400, f"{name} must be a whole number")
+    try:
+        return int(value)
+    except ValueError:
+        raise _error(400, f"{name} must be a whole number") from None
+
+
+def _str(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _error(400, f"{name} must be a string")
+    return value
+
+
+def _limit(request: web.Request) -> int:
+    return max(1, min(_int(request.query.get("limit", LIST_LIMIT), "limit"), MAX_LIST_LIMIT))
+
+
+def _selection(
+    body: dict[str, Any], what: str, sinks: bool = True
+) -> tuple[int | None, str | None]:
+    """`{"id": n}`, `{"sink": s}` or `{"all": true}`, as the CLI's `ID | --sink S | --all`."""
+    dlq_id = _int(body["id"], "id") if body.get("id") is not None else None
+    sink = _str(body.get("sink"), "sink") if sinks else None
+    everything = body.get("all") is True
+    if dlq_id is None and sink is None and not everything:
+        choices = (
+            '{"id": n}, {"sink": "type:id"} or {"all": true}'
+            if sinks
+            else ('{"id": n} or {"all": true}')
+        )
+        raise _error(400, f"name the {what}: {choices}")
+    return dlq_id, sink
+
+
+# -- page -----------------------------------------------------------------------------------------
+
+
+async def redirect(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/admin/")
+
+
+async def page(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    return web.Response(body=a.static["index.html"], content_type="text/html",
+                        charset="utf-8", headers=PAGE_HEADERS)  # fmt: skip
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in STATIC_FILES or name == "index.html":
+        return await not_found(request)
+    a = request.app[ADMIN_KEY]
+    return web.Response(body=a.static[name], content_type=STATIC_FILES[name],
+                        charset="utf-8", headers=PAGE_HEADERS)  # fmt: skip
+
+
+# -- sinks ----------------------------------------------------------------------------------------
+
+
+def _state(d: Dispatcher) -> str:
+    if d.paused:
+        return "paused"
+    return "up" if d.up else "down" if d.up is False else "starting"
+
+
+async def sinks(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    names = list(a.dispatchers)
+
+    def read(conn: sqlite3.Connection) -> tuple[list[stats.SinkStats], dict[str, int], int]:
+        return ([stats.sink_stats(conn, n) for n in names], stats.dead_letter_counts(conn),
+                stats.quarantine_count(conn))  # fmt: skip
+
+    per_sink, dead, quarantined = await a.read(read)
+    now = time.time()
+    totals = delivered_totals()
+    out = []
+    for s in per_sink:
+        d = a.dispatchers[s.sink]
+        out.append({
+            "name": s.sink, "type": s.sink.split(":", 1)[0], "state": _state(d),
+            "up": d.up, "paused": d.paused, "cursor": s.cursor, "pending": s.pending,
+            "redeliveries": s.redeliveries,
+            "oldest_pending_age": round(max(0.0, now - s.oldest), 3) if s.oldest else None,
+            "dead_letters": dead.get(s.sink, 0),
+            "delivered_total": int(totals.get(s.sink, 0)),
+            "delivery_rate": round(a.rates.rate(s.sink, totals.get(s.sink, 0.0)), 3),
+        })  # fmt: skip
+    body = {
+        "sinks": out,
+        "log": {"events": a.log.events, "bytes": a.log.bytes, "pressure": a.log.pressure,
+                "quarantined": quarantined},
+    }  # fmt: skip
+    return _json(body)
+
+
+async def _sink_body(a: Admin, d: Dispatcher) -> dict[str, Any]:
+    return {"name": d.name, "state": _state(d), "paused": d.paused, "up": d.up}
+
+
+async def pause(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    d = a.dispatcher(request.match_info["name"])
+    d.pause()
+    return _json(await _sink_body(a, d))
+
+
+async def resume(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    d = a.dispatcher(request.match_info["name"])
+    d.resume()
+    return _json(await _sink_body(a, d))
+
+
+# -- dead letters ---------------------------------------------------------------------------------
+
+
+async def dlq_list(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    sink, limit = request.query.get("sink") or None, _limit(request)
+    rows = await a.read(lambda conn: admin.list_dead_letters(conn, sink, limit))
+    return _json({"dead_letters": [dataclasses.asdict(d) for d in rows]})
+
+
+async def dlq_show(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    dlq_id = int(request.match_info["id"])
+    return _json(await a.read(lambda conn: admin.show_dead_letter(conn, dlq_id)))
+
+
+async def dlq_retry(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    dlq_id, sink = _selection(await _body(request), "dead letters")
+    n = await a.log.write(lambda conn: admin.retry_dead_letters_tx(conn, dlq_id, sink), wakes=True)
+    if n:
+        log.info("dead letters queued for redelivery (admin API)",
+                 extra={"count": n, "id": dlq_id, "sink": sink})  # fmt: skip
+    return _json({"retried": n})
+
+
+async def dlq_purge(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    dlq_id, sink = _selection(await _body(request), "dead letters")
+    n = await a.log.write(lambda conn: admin.purge_dead_letters_tx(conn, dlq_id, sink))
+    if n:
+        log.info("dead letters purged (admin API)",
+                 extra={"count": n, "id": dlq_id, "sink": sink})  # fmt: skip
+    return _json({"purged": n})
+
+
+# -- quarantine -----------------------------------------------------------------------------------
+
+
+async def quarantine_list(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    limit = _limit(request)
+    rows = await a.read(lambda conn: admin.list_quarantine(conn, limit))
+    keys = ("id", "received_at", "source", "reason", "size")
+    return _json({"quarantine": [dict(zip(keys, row)) for row in rows]})
+
+
+async def quarantine_show(request: web.Request) -> web.Response:
+    a = request.app[ADMIN_KEY]
+    qid = int(request.match_info["id"])
+    return _json(await a.read(lambda conn: admin.show_quarantine(conn, qid)))
+
+
+async def quarantine_retry(request: web.Request) -> web.Response:
+    """Each body is parsed again on a reader thread; the events of one that now parses go
+    into the log through the writer, as ingest's do, and then it leaves quarantine."""
+    a = request.app[ADMIN_KEY]
+    qid, _ = _selection(await _body(request), "quarantined bodies", sinks=False)
+    results = []
+    for item in await a.read(lambda conn: admin.quarantine_ids(conn, qid)):
+        parsed = await a.read(functools.partial(admin.reparse_quarantined, qid=item))
+        if isinstance(parsed, admin.QuarantineRetry):
+            results.append(parsed)
+            continue
+        appended = await a.log.append(parsed)
+        await a.log.write(functools.partial(admin.drop_quarantined_tx, qid=item))
+        results.append(admin.QuarantineRetry(item, True, f"{appended.accepted} event(s) accepted"))
+    return _json({"results": [dataclasses.asdict(r) for r in results]})
+
+
+# -- replay ---------------------------------------------------------------------------------------
+
+
+def _when(value: Any, name: str, now: float) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)  # unix seconds
+    if isinstance(value, str):
+        return admin.parse_when(value, now)
+    raise _error(400, f"{name}: an RFC 3339 time, a duration ago (2h) or unix seconds")
+
+
+async def replay(request: web.Request) -> web.Response:
+    """Queue events of the log for redelivery to a sink: the one that had them, or any
+    other (a backfill). The selection runs on a reader thread; the redeliveries are queued
+    in writer transactions of REDELIVERY_CHUNK events."""
+    a = request.app[ADMIN_KEY]
+    body = await _body(request)
+    name = _str(body.get("sink"), "sink")
+    if name is None:
+        raise _error(400, 'name the sink to replay to: {"sink": "type:id", …}')
+    d = a.dispatcher(name)
+    now = time.time()
+    since = _when(body.get("since"), "since", now) or 0.0
+    until = _when(body.get("until"), "until", now) or now + 1
+    bucket, prefix = _str(body.get("bucket"), "bucket"), _str(body.get("prefix"), "prefix")
+    ignore_rules = body.get("ignore_rules") is True
+    router, sink = d.router, d.name
+
+    def accept(entry: Any) -> bool:
+        return ignore_rules or router.matches(sink, entry.event)
+
+    seqs = await a.read(
+        lambda conn: admin.replay_selection(conn, since, until, bucket, prefix, accept)
+    )
+    queued = 0
+    for start in range(0, len(seqs), REDELIVERY_CHUNK):
+        chunk = seqs[start : start + REDELIVERY_CHUNK]
+        queued += await a.log.write(
+            functools.partial(admin.queue_redeliveries_tx, sink=sink, seqs=chunk), wakes=True
+        )
+    log.info("replay queued (admin API)",
+             extra={"sink": sink, "selected": len(seqs), "queued": queued,
+                    "ignore_rules": ignore_rules})  # fmt: skip
+    return _json({"sink": sink, "selected": len(seqs), "queued": queued})
+
+
+# -- live tail ------------------------------------------------------------------------------------
+
+
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    return await tail.stream(request, request.app[ADMIN_KEY].hub)

@@ -1,0 +1,119 @@
+"""The status page in a real headless Chromium against a real relay process: the operator
+enters the admin token, sees a dead letter, presses its Retry button, and the event reaches
+the receiver. A screenshot of the page is kept in test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.bodies import minio_body
+from tests.support.browser import INSTALL_HINT, Browser, Page, find_chromium
+from tests.support.receiver import Receiver
+from tests.support.relay_process import RelayProcess
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.e2e
+ADMIN = "status-page-admin-5e1"
+TOKEN = "status-page-ingest-8b0"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Page]:
+    if find_chromium() is None:  # a missing browser fails the run, it never skips
+        pytest.fail(f"Chromium is not installed: {INSTALL_HINT}", pytrace=False)
+    browser = await Browser.launch(tmp_path / "browser")
+    try:
+        yield await browser.new_page()
+    finally:
+        await browser.close()
+
+
+async def post(relay: RelayProcess, body: bytes) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            relay.url + "/minio", data=body, headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as response:
+            return response.status
+
+
+async def dead_letters(relay: RelayProcess) -> list[dict[str, object]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            relay.url + "/admin/api/dlq", headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as response:
+            assert response.status == 200
+            return list((await response.json())["dead_letters"])
+
+
+def rows(table: str) -> str:
+    return f"document.querySelectorAll('#{table}-body tr').length"
+
+
+def text(selector: str) -> str:
+    return f"((document.querySelector({json.dumps(selector)}) || {{}}).textContent || '')"
+
+
+async def test_status_page_retries_a_dead_letter_in_a_real_browser(
+    page: Page, receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    receiver.status = lambda n: 400 if n == 1 else 200  # the first event is refused
+    relay = await relay_factory({
+        "RELAY_AUTH_TOKENS": TOKEN,
+        "RELAY_ADMIN_TOKENS": ADMIN,
+        "RUSTFS_NOTIFY_WEBHOOK_ENABLE_MAIN": "on",
+        "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_MAIN": receiver.url,
+    }).start()  # fmt: skip
+    assert await post(relay, minio_body("photos", "2024/cat 1.jpg", 1)) == 200
+    await eventually(lambda: dead_letters(relay))
+    assert await post(relay, minio_body("photos", "2024/dog.jpg", 2)) == 200
+    await receiver.wait_for(1)
+    assert await post(relay, b'{"Records": [{"truncated') == 202  # one quarantined body
+
+    await page.goto(relay.url + "/admin/")
+    assert await page.evaluate("!document.getElementById('token-form').hidden")
+    assert await page.evaluate("document.getElementById('main').hidden")  # nothing before
+    await page.type("#token", ADMIN)
+    await page.press_enter()
+
+    # the dead letter, the sink, the quarantined body and the recent events are all shown
+    await page.wait_for(f"{rows('dlq')} === 1")
+    dlq_row = await page.evaluate(text("#dlq-body tr"))
+    assert "photos/2024/cat 1.jpg" in dlq_row and "HTTP 400" in dlq_row, dlq_row
+    await page.wait_for(f"{text('#sinks-body tr')}.includes('webhook:main')")
+    sink_row = await page.evaluate(text("#sinks-body tr"))
+    assert "up" in sink_row, sink_row
+    await page.wait_for(f"{rows('quarantine')} === 1")
+    await page.wait_for(f"{rows('events')} === 2")  # from the live stream, caught up
+    await page.wait_for("document.getElementById('status').textContent.startsWith('connected')")
+    shot = await page.screenshot(ARTIFACTS / "status-page.png")
+    assert shot.stat().st_size > 10_000
+
+    # the token is kept for the tab and sent as a header, never in a URL
+    assert await page.evaluate("sessionStorage.getItem('relay-admin-token')") == ADMIN
+    assert await page.evaluate(f"location.href.includes({json.dumps(ADMIN)})") is False
+    assert any("/admin/api/dlq" in url for url in page.requested)
+    assert not [url for url in page.requested if ADMIN in url]
+
+    # Retry: the receiver now takes it, and the page's dead-letter list empties
+    await page.click("#dlq-body tr button.retry")
+    got = await receiver.wait_for(2)
+    assert got[-1].json()["Key"] == "photos/2024/cat 1.jpg"
+    await page.wait_for(f"{rows('dlq')} === 0")
+    assert await page.evaluate("!document.getElementById('dlq-empty').hidden")
+    assert await dead_letters(relay) == []
+
+    # an event arriving now shows up live, newest first
+    assert await post(relay, minio_body("photos", "2024/bird.jpg", 3)) == 200
+    await page.wait_for(f"{text('#events-body tr')}.includes('photos/2024/bird.jpg')")
+    await receiver.wait_for(3)
+    await page.wait_for(
+        f"{text('#sinks-body td.cursor')} === '3' && {text('#sinks-body td.pending')} === '0'"
+    )
+    await page.screenshot(ARTIFACTS / "status-page-after-retry.png")
+    assert page.errors == []
