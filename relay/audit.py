@@ -334,8 +334,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         configured = ", ".join(s.name for s in config.specs) or "none"
         raise admin.AdminError(f"no sink {args.sink!r} (configured: {configured})")
     now = time.time()
-    since = when(args.since, now)
-    until = when(args.until, now) if args.until else now + 1
+    since = admin.parse_when(args.since, now)
+    until = admin.parse_when(args.until, now) if args.until else now + 1
     try:
         lookback = parse_duration(args.lookback)
     except ValueError as exc:
@@ -353,21 +353,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                    ) from None  # fmt: skip
     print(report.render())
     return EXIT_OK if report.ok else EXIT_FAILED
-
-
-def when(text: str, now: float) -> float:
-    """An RFC 3339 time, or a duration before now."""
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise admin.AdminError(f"{text!r} is neither an RFC 3339 time nor a duration") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=dt.UTC)
-    return stamp.timestamp()
 
 
 def _digest(record: bytes) -> bytes:

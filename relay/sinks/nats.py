@@ -165,39 +165,12 @@ class NatsSink:
     async def _connect(self) -> None:
         await self._drop()
         self.last_error = ""
-        nc = NatsClient()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await nc.connect(
-                    servers=list(self.servers),
-                    name=f"s3-notify-relay {self.name}",
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    closed_cb=self._on_closed,
-                    # the default (60 attempts, 2 s apart) closes the client for good
-                    # after ~2 minutes of outage; -1 = keep reconnecting
-                    max_reconnect_attempts=-1,
-                    connect_timeout=max(1, round(min(self.timeout, 5.0))),
-                    pending_size=self.pending_size,
-                    flush_timeout=self.timeout,
-                    **self.connect_options,
-                )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            # with max_reconnect_attempts=-1 connect() retries until our timeout cancels
-            # it; the reason is what error_cb saw last
-            await _abandon(nc)
-            reason = self.last_error or self._text(exc) or "no answer"
-            if "authorization violation" in reason.lower():
-                # Retryable: the sink stays down and events wait until the credentials are
-                # fixed, rather than the whole backlog going to the dead letters
-                raise Retryable(f"{self._where()} refused the credentials: {reason}") from None
-            raise Retryable(f"cannot connect to {self._where()}: {reason}") from None
-        if self.tls_required and not _uses_tls(nc):
-            await _abandon(nc)
-            raise Retryable(
-                f"{self._where()} does not use TLS and TLS_REQUIRED is on; not publishing"
-            )
+        nc = await connect(
+            self,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+        )
         self.nc = nc
         if self.jetstream:
             self.js = nc.jetstream(timeout=self.timeout)
@@ -410,6 +383,42 @@ class NatsSink:
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return _USERINFO.sub("//***@", text)
+
+
+async def connect(sink: Any, **callbacks: Any) -> NatsClient:
+    """Connect as the relay's NATS sinks do (`sink` has servers, name, timeout, pending_size,
+    connect_options, tls_required, last_error and _on_error): reconnect forever, the first
+    connect bounded by the sink's timeout, TLS enforced. Retryable, with the reason, if not."""
+    nc = NatsClient()
+    try:
+        async with asyncio.timeout(sink.timeout):
+            await nc.connect(
+                servers=list(sink.servers),
+                name=f"s3-notify-relay {sink.name}",
+                error_cb=sink._on_error,
+                # the default (60 attempts, 2 s apart) closes the client for good after ~2
+                # minutes of outage; -1 = keep reconnecting
+                max_reconnect_attempts=-1,
+                connect_timeout=max(1, round(min(sink.timeout, 5.0))),
+                pending_size=sink.pending_size,
+                flush_timeout=sink.timeout,
+                **callbacks,
+                **sink.connect_options,
+            )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        # with max_reconnect_attempts=-1 connect() retries until our timeout cancels it;
+        # the reason is what error_cb saw last
+        await _abandon(nc)
+        reason = sink.last_error or sink._text(exc) or "no answer"
+        if "authorization violation" in reason.lower():
+            # Retryable: the sink stays down and events wait until the credentials are
+            # fixed, rather than the whole backlog going to the dead letters
+            raise Retryable(f"{sink._where()} refused the credentials: {reason}") from None
+        raise Retryable(f"cannot connect to {sink._where()}: {reason}") from None
+    if sink.tls_required and not _uses_tls(nc):
+        await _abandon(nc)
+        raise Retryable(f"{sink._where()} does not use TLS and TLS_REQUIRED is on; not publishing")
+    return nc
 
 
 async def _abandon(nc: NatsClient, within: float = 2.0) -> None:

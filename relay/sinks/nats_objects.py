@@ -90,29 +90,7 @@ class NatsObjectsSink:
     async def _connect(self) -> None:
         await self._drop()
         self.last_error = ""
-        nc = NatsClient()
-        try:
-            async with asyncio.timeout(self.timeout):
-                await nc.connect(
-                    servers=list(self.servers),
-                    name=f"s3-notify-relay {self.name}",
-                    error_cb=self._on_error,
-                    reconnected_cb=self._on_reconnected,
-                    max_reconnect_attempts=-1,  # the default gives up after ~2 minutes
-                    connect_timeout=max(1, round(min(self.timeout, 5.0))),
-                    pending_size=self.pending_size,
-                    flush_timeout=self.timeout,
-                    **self.connect_options,
-                )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            await nats_sink._abandon(nc)
-            reason = self.last_error or self._text(exc) or "no answer"
-            if "authorization violation" in reason.lower():
-                raise Retryable(f"{self._where()} refused the credentials: {reason}") from None
-            raise Retryable(f"cannot connect to {self._where()}: {reason}") from None
-        if self.tls_required and not nats_sink._uses_tls(nc):
-            await nats_sink._abandon(nc)
-            raise Retryable(f"{self._where()} does not use TLS and TLS_REQUIRED is on")
+        nc = await nats_sink.connect(self, reconnected_cb=self._on_reconnected)
         self.nc = nc
         try:
             self.store = await self._open_store(nc)
