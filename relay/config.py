@@ -159,9 +159,9 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "sync",
         "choice",
         "full",
-        "`full`: fsync every commit before the 2xx (survives "
-        "power loss). `normal`: the last commits may roll back on power loss, never on a "
-        "process crash.",
+        "`full`: fsync every commit before the 2xx (survives power loss). `normal`: no fsync "
+        "per commit; on power loss (never on a process crash) the events since the last "
+        "checkpoint — up to a few MiB of log — roll back.",
         choices=("full", "normal"),
     ),
     Option(
