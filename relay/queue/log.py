@@ -37,6 +37,7 @@ MAINTENANCE_EVERY = 1.0  # seconds between checks of disk space, WAL size and re
 PRUNE_EVERY = 10.0
 PRUNE_CHUNK = 10_000
 WAL_TRUNCATE_BYTES = 16 * 1024 * 1024
+WAL_RESET_BYTES = 32 * 1024 * 1024  # past this, the writer finishes a checkpoint itself
 CHECKPOINT_EVERY = 1.0  # seconds between the checkpointer's looks at the WAL
 CHECKPOINT_BYTES = 4 * 1024 * 1024  # WAL size from which it copies pages back
 MIN_SQLITE = (3, 35, 0)  # RETURNING, and the upsert syntax in queries.sql
@@ -470,8 +471,14 @@ class Log:
             if prune:
                 self._prune(conn)
             wal = self.path.with_name(self.path.name + "-wal")
-            if idle and wal.exists() and wal.stat().st_size > WAL_TRUNCATE_BYTES:
+            wal_bytes = wal.stat().st_size if wal.exists() else 0
+            if idle and wal_bytes > WAL_TRUNCATE_BYTES:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            elif wal_bytes > WAL_RESET_BYTES:
+                # Under unbroken ingest the checkpointer thread never catches up with new
+                # frames, and the WAL can only start over once a checkpoint has: finish it
+                # here, between two commits (the thread has copied most pages already).
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             if idle and prune:
                 conn.execute("PRAGMA incremental_vacuum(2000)")
             self._measure(conn)
