@@ -1,141 +1,210 @@
 """Durable ingest throughput and ack latency, against a bare-aiohttp baseline in the same run.
 
-    python -m bench.ingest [--seconds 10] [--connections 64]
+    python -m bench.ingest [--seconds 10] [--connections 64] [--repeat 1] [--no-pin]
 
 Needs `wrk` (Debian package `wrk`). wrk runs on one core with one thread and the server on
-the other, each request a distinct MinIO body (one record per request, as the stores send).
+the other, each request a distinct body (one record per request, as the stores send), MinIO,
+RustFS and Ceph RGW shapes in rotation (bench/shapes.py). The relay runs with no sink: this
+is the ingest path alone (bench.scale measures ingest while a backlog drains). The latency
+percentiles (p50/p99/p99.9) are wrk's, printed by the script's done() hook.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import asyncio
 import re
 import shutil
-import sqlite3
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-WRK_SCRIPT = r"""
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench-token"
-local n = 0
-local prefix = tostring(math.random(1, 1000000000))
-request = function()
-  n = n + 1
-  local id = prefix .. "-" .. n
-  local body = '{"EventName":"s3:ObjectCreated:Put","Key":"bench/obj-' .. id .. '.bin",' ..
-    '"Records":[{"eventVersion":"2.0","eventSource":"minio:s3","awsRegion":"",' ..
-    '"eventTime":"2026-03-04T10:11:12.345Z","eventName":"s3:ObjectCreated:Put",' ..
-    '"userIdentity":{"principalId":"minioadmin"},"requestParameters":{"principalId":"minioadmin",' ..
-    '"region":"","sourceIPAddress":"10.0.0.7"},"responseElements":{"x-amz-id-2":"dd9025bab4ad464b0491",' ..
-    '"x-amz-request-id":"' .. id .. '","x-minio-deployment-id":"6b3c0f5e-1111-2222-3333-444455556666",' ..
-    '"x-minio-origin-endpoint":"http://10.0.0.2:9000"},"s3":{"s3SchemaVersion":"1.0",' ..
-    '"configurationId":"Config","bucket":{"name":"bench","ownerIdentity":{"principalId":"minioadmin"},' ..
-    '"arn":"arn:aws:s3:::bench"},"object":{"key":"obj-' .. id .. '.bin","size":52311,' ..
-    '"eTag":"9b2cf535f27731c974343645a3985328","contentType":"application/octet-stream",' ..
-    '"userMetadata":{"content-type":"application/octet-stream"},"sequencer":"1829C3F0A5B1E2D4"}},' ..
-    '"source":{"host":"10.0.0.7","port":"","userAgent":"MinIO (linux; amd64) minio-go/v7.0.70"}}]}'
-  return wrk.format(nil, "/minio", nil, body)
-end
-"""
+from bench import common, shapes
+from bench.common import TOKEN, Relay, Table, check, ms, rate
+
+TARGET_RATIO = 0.8
+TARGET_RATE = 8000.0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_up(port: int, path: str = "/healthz", timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError(f"server on {port} did not come up")
+@dataclass
+class WrkResult:
+    rps: float  # 2xx answers per second
+    requests: int
+    errors: int  # non-2xx/3xx answers
+    socket_errors: int
+    p50: float  # ms
+    p90: float
+    p99: float
+    p999: float
+    max: float
 
 
-def run_wrk(port: int, seconds: int, connections: int, script: Path) -> dict[str, float]:
-    out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
-    for pct in ("50", "99"):
-        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
-        if m:
-            value, unit = float(m.group(1)), m.group(2)
-            result[f"p{pct}"] = (
-                value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-            )
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["errors"] = float(errors.group(1)) if errors else 0.0
-    return result
+def write_script(directory: Path) -> Path:
+    script = directory / "bodies.lua"
+    script.write_text(shapes.lua_script(TOKEN))
+    return script
 
 
-def measure(name: str, argv: list[str], env: dict[str, str], port: int, health: str,
-            args: argparse.Namespace, script: Path) -> dict[str, float]:  # fmt: skip
-    proc = subprocess.Popen(["taskset", "-c", "1", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+def require_wrk() -> None:
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+
+
+async def run_wrk(url: str, seconds: float, connections: int, script: Path,
+                  cpu: int | None = 0) -> WrkResult:  # fmt: skip
+    """wrk, one thread, `connections` keep-alive connections; pinned to `cpu` if possible.
+    Run as an asyncio subprocess so an in-process receiver keeps serving meanwhile."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+            "-s", str(script), url]  # fmt: skip
+    if cpu is not None and common.can_pin():
+        argv = ["taskset", "-c", str(cpu), *argv]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out_b, err_b = await proc.communicate()
+    out = out_b.decode()
+    m = re.search(r"^BENCH (.*)$", out, re.MULTILINE)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{out}\n{err_b.decode()}")
+    f = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    seconds_run = f["duration_us"] / 1e6
+    ok = f["requests"] - f["status_errors"]
+    return WrkResult(
+        rps=ok / seconds_run if seconds_run else 0.0, requests=f["requests"],
+        errors=f["status_errors"],
+        socket_errors=f["connect_errors"] + f["read_errors"] + f["timeouts"],
+        p50=f["p50"] / 1000, p90=f["p90"] / 1000, p99=f["p99"] / 1000, p999=f["p999"] / 1000,
+        max=f["max"] / 1000,
+    )  # fmt: skip
+
+
+def describe(name: str, r: WrkResult) -> str:
+    return (f"  {name:<30} {r.rps:>9,.0f} ev/s   p50 {r.p50:6.2f} ms   p99 {r.p99:6.2f} ms   "
+            f"p99.9 {r.p999:6.2f} ms   non-2xx {r.errors}")  # fmt: skip
+
+
+async def measure_baseline(seconds: float, connections: int, script: Path,
+                           pin: bool) -> WrkResult:  # fmt: skip
+    port = common.free_port()
+    argv = [sys.executable, "-m", "bench.baseline_server", str(port)]
+    if pin and common.can_pin():
+        argv = ["taskset", "-c", "1", *argv]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=common.base_env(), cwd=common.ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_up(port, health)
-        run_wrk(port, 2, args.connections, script)  # warm-up
-        result = run_wrk(port, args.seconds, args.connections, script)
+        await _wait_http(url + "/")
+        await common.quiet("the ingest baseline")
+        await run_wrk(url, 2, connections, script, 0 if pin else None)  # warm-up
+        return await run_wrk(url, seconds, connections, script, 0 if pin else None)
     finally:
         proc.terminate()
-        proc.wait(20)
-    print(f"  {name:<28} {result['rps']:>9.0f} ev/s   p50 {result.get('p50', 0):6.2f} ms   "
-          f"p99 {result.get('p99', 0):6.2f} ms   non-2xx {result['errors']:.0f}", flush=True)  # fmt: skip
-    return result
+        await proc.wait()
+
+
+async def _wait_http(url: str, timeout: float = 30.0) -> None:
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if loop.time() > deadline:
+                raise RuntimeError(f"{url} did not come up")
+            await asyncio.sleep(0.05)
+
+
+async def measure_relay(work: Path, sync: str, seconds: float, connections: int, script: Path,
+                        pin: bool, env: dict[str, str] | None = None,
+                        run: int = 0) -> WrkResult:  # fmt: skip
+    """One relay on a fresh log (`run` keeps repeated runs' logs apart)."""
+    relay = Relay(work / f"data-{sync}-{run}", {"RELAY_SYNC": sync, **(env or {})},
+                  cpu=1 if pin else None, log=work / f"relay-{sync}-{run}.log")  # fmt: skip
+    try:
+        await relay.start()
+        await common.quiet(f"ingest, RELAY_SYNC={sync}")
+        await run_wrk(relay.url, 2, connections, script, 0 if pin else None)  # warm-up
+        return await run_wrk(relay.url, seconds, connections, script, 0 if pin else None)
+    finally:
+        await relay.stop()
+
+
+@dataclass
+class IngestResult:
+    baseline: WrkResult
+    relay: dict[str, WrkResult]  # by RELAY_SYNC
+    connections: int
+    seconds: float
+    repeat: int = 1
+
+
+async def run(seconds: float = 10, connections: int = 64, pin: bool = True,
+              syncs: tuple[str, ...] = ("full", "normal"), repeat: int = 1) -> IngestResult:  # fmt: skip
+    """Each figure is the best of `repeat` runs (other work on the machine only slows one)."""
+    require_wrk()
+
+    def best(runs: list[WrkResult]) -> WrkResult:
+        return max(runs, key=lambda r: r.rps)
+
+    with common.workdir("relay-bench-ingest-") as work:
+        script = write_script(work)
+        runs = []
+        for _ in range(repeat):
+            runs.append(await measure_baseline(seconds, connections, script, pin))
+            common.say(describe("bare aiohttp (no storage)", runs[-1]))
+        baseline = best(runs)
+        results = {}
+        for sync in syncs:
+            runs = []
+            for i in range(repeat):
+                runs.append(await measure_relay(work, sync, seconds, connections, script, pin,
+                                                run=i))  # fmt: skip
+                common.say(describe(f"relay, RELAY_SYNC={sync}", runs[-1]))
+            results[sync] = best(runs)
+    return IngestResult(baseline, results, connections, seconds, repeat)
+
+
+def table(r: IngestResult) -> Table:
+    t = Table()
+    b = r.baseline
+    part = "1 ingest"
+    t.add(part, f"bare aiohttp baseline (parse, 200), {r.connections} conns", rate(b.rps),
+          f"p50 {ms(b.p50)}, p99 {ms(b.p99)}, p99.9 {ms(b.p999)}")  # fmt: skip
+    for sync, x in r.relay.items():
+        ratio = x.rps / b.rps if b.rps else 0.0
+        ok = check(ratio, ">=", TARGET_RATIO) and check(x.rps, ">=", TARGET_RATE)
+        errors = f", {x.errors} non-2xx" if x.errors else ""
+        t.add(part, f"durable ingest, RELAY_SYNC={sync}", rate(x.rps),
+              f"{ratio:.2f}x baseline{errors}", f"≥ {TARGET_RATIO}x and ≥ {TARGET_RATE:,.0f}/s",
+              ok)  # fmt: skip
+        t.add(part, f"ack latency, RELAY_SYNC={sync} (closed loop, {r.connections} conns)",
+              f"p50 {ms(x.p50)}", f"p99 {ms(x.p99)}, p99.9 {ms(x.p999)}")  # fmt: skip
+    t.notes.append(
+        f"ingest: wrk 1 thread x {r.connections} keep-alive connections, {r.seconds:g} s after a "
+        "2 s warm-up, one record per request (MinIO, RustFS, Ceph bodies in rotation); wrk "
+        "pinned to core 0 and the server to core 1; the relay has no sink configured"
+        + (f"; each figure the best of {r.repeat} runs." if r.repeat > 1 else ".")
+    )
+    return t
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin wrk and server to cores")
+    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is needed: apt-get install wrk")
-    work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    script = work / "minio.lua"
-    script.write_text(WRK_SCRIPT)
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"SQLite {sqlite3.sqlite_version}, {platform.machine()}")  # fmt: skip
-    print(f"load: wrk, 1 thread, {args.connections} keep-alive connections, {args.seconds}s, "
-          "one MinIO record per request")  # fmt: skip
-    base = {
-        k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "RUSTFS_", "MINIO_"))
-    }
-    results = {}
-    port = free_port()
-    results["baseline"] = measure(
-        "bare aiohttp (no storage)", [sys.executable, "-m", "bench.baseline_server", str(port)],
-        base, port, "/", args, script,
-    )  # fmt: skip
-    for sync in ("full", "normal"):
-        port = free_port()
-        data = work / f"data-{sync}"
-        env = {**base, "RELAY_LISTEN": f"127.0.0.1:{port}", "RELAY_DATA_DIR": str(data),
-               "RELAY_SYNC": sync, "RELAY_AUTH_TOKENS": "bench-token",
-               "RELAY_MIN_FREE_BYTES": "0", "RELAY_LOG_LEVEL": "warning"}  # fmt: skip
-        results[sync] = measure(f"relay, RELAY_SYNC={sync}", [sys.executable, "-m", "relay", "serve"],
-                                env, port, "/healthz", args, script)  # fmt: skip
-    b = results["baseline"]["rps"]
-    print(f"ratio durable (full) / baseline: {results['full']['rps'] / b:.2f}   "
-          f"normal / baseline: {results['normal']['rps'] / b:.2f}")  # fmt: skip
-    shutil.rmtree(work, ignore_errors=True)
+    result = common.run(run(args.seconds, args.connections, not args.no_pin, repeat=args.repeat))
+    print(table(result).render("# ingest"))
 
 
 if __name__ == "__main__":
