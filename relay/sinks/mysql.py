@@ -33,6 +33,7 @@ from asyncmy import errors as my_errors
 from relay.config import ConfigError, Option, SinkSpec
 from relay.queue.log import LogEntry
 from relay.rules import compile_event_patterns
+from relay.sinks import sqltable
 from relay.sinks.base import Health, Permanent, Result, Retryable
 from relay.sinks.sqltable import (
     Poison,
@@ -75,28 +76,7 @@ OPTIONS = (
         "stores' meaning.)",
         choices=("namespace", "access"),
     ),
-    Option(
-        "payload_format",
-        "choice",
-        "minio",
-        "Shape of the JSON stored in `value`/`event_data`: `minio` ({EventName, Key, "
-        "Records}, what MinIO and RustFS tables hold), `records`, `cloudevents` or `raw`.",
-        choices=("minio", "records", "cloudevents", "raw"),
-    ),
-    Option(
-        "delete_on",
-        "list",
-        ("s3:ObjectRemoved:*",),
-        "Namespace format: events that delete the object's row (comma-separated names, "
-        "`family:*` wildcards). The default is RustFS's choice; MinIO deletes on "
-        "`s3:ObjectRemoved:Delete` only (delete markers keep the row). Empty: never delete.",
-    ),
-    Option(
-        "max_open_connections",
-        "int",
-        2,
-        "Most connections the sink's pool opens (a batch uses one).",
-    ),
+    *sqltable.TABLE_OPTIONS,
     Option(
         "tls_ca",
         "str",

@@ -12,10 +12,31 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.config import Option
 from relay.queue.log import LogEntry
 from relay.rules import EventSet
 from relay.sinks.base import Permanent, Result, Retryable, event_time, object_name
 from relay.sinks.formats import render
+
+# Keys both SQL sinks take, besides the stores' FORMAT (namespace|access), declared by each.
+TABLE_OPTIONS = (
+    Option(
+        "payload_format", "choice", "minio",
+        "Shape of the JSON stored in the table (`value`, `event_data`): `minio` ({EventName, "
+        "Key, Records}, what MinIO and RustFS tables hold), `records`, `cloudevents` or `raw`.",
+        choices=("minio", "records", "cloudevents", "raw"),
+    ),
+    Option(
+        "delete_on", "list", ("s3:ObjectRemoved:*",),
+        "Namespace format: events that delete the object's row (comma-separated names, "
+        "`family:*` wildcards). The default is RustFS's choice; MinIO deletes on "
+        "`s3:ObjectRemoved:Delete` only (delete markers keep the row). Empty: never delete.",
+    ),
+    Option(
+        "max_open_connections", "int", 2,
+        "Most connections the sink's pool opens (a batch uses one).",
+    ),
+)  # fmt: skip
 
 
 class Poison(Permanent):
