@@ -270,7 +270,9 @@ async def test_a_retried_upload_overwrites_itself(
         env(proxy.url, bucket, ceph, COMPRESSION="gzip"), sinks.declared_options()
     )
     sink = sinks.create(specs[0])
-    t0 = time.time()
+    # a whole second: all five arrival times (t0 + 1.01 … 1.05 s) fall in one second, so both
+    # objects' names carry the same HH-MM-SS
+    t0 = float(int(time.time()))
     batch = [LogEntry(seq, t0 + seq / 100, minio_event("photos", f"k{seq}", seq))
              for seq in range(101, 106)]  # fmt: skip
     try:
