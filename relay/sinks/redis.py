@@ -63,8 +63,13 @@ OPTIONS = (
     ),
     Option("address", "str", "", "Server as MinIO writes it: `host:port` (instead of URL)."),
     Option("password", "str", "", "Password (AUTH).", secret=True),
-    Option("user", "str", "", "ACL user name (MinIO's key)."),
-    Option("username", "str", "", "ACL user name (RustFS's key; same as USER)."),
+    Option(
+        "user",
+        "str",
+        "",
+        "ACL user name (MinIO's key; RustFS's USERNAME too).",
+        aliases=("USERNAME",),
+    ),
     Option("tls_ca", "str", "", "PEM CA bundle that signs the server's certificate."),
     Option("tls_client_cert", "str", "", "PEM client certificate for mutual TLS."),
     Option("tls_client_key", "str", "", "PEM key of TLS_CLIENT_CERT."),
@@ -348,7 +353,7 @@ def _connection(spec: SinkSpec) -> dict[str, Any]:
     db = parts.path.strip("/") or "0"
     if not db.isdigit():
         raise ConfigError(f"{variable}: {shown!r}: the database must be a number")
-    users = {u for u in (spec["user"], spec["username"], unquote(parts.username or "")) if u}
+    users = {u for u in (spec["user"], unquote(parts.username or "")) if u}
     if len(users) > 1:
         raise ConfigError(
             f"{spec.variable('user')}, {spec.variable('username')} and the URL name different "
