@@ -247,6 +247,20 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "damaged file aside, start a new log, log an error).",
         choices=("refuse", "set-aside"),
     ),
+    Option(
+        "log_check",
+        "choice",
+        "auto",
+        "When the integrity check of the log runs. `start`: every page is read before the "
+        "relay listens; damage stops it (exit 3, or see RELAY_ON_DAMAGE). `background`: the "
+        "relay serves at once and checks meanwhile; damage found then makes ingest answer "
+        "503 + Retry-After (the stores keep the events) and /readyz `log_damaged`, sinks go "
+        "on delivering what can be read, until the relay is stopped and `relay fsck --repair` "
+        "run (RELAY_ON_DAMAGE acts at start only). `auto`: `start` while the log file is at "
+        "most 256 MiB, `background` above, since the check reads every page: ~1.7 s per "
+        "million events queued.",
+        choices=("auto", "start", "background"),
+    ),
     Option("rules_file", "str", "", "TOML file of routing rules (see Rules)."),
     Option(
         "expected_principals",
@@ -300,6 +314,7 @@ class Settings:
     min_free_bytes: int
     retention: float
     on_damage: str
+    log_check: str
     rules_file: str
     expected_principals: tuple[str, ...]
     shutdown_timeout: float

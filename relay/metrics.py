@@ -42,7 +42,7 @@ EVENTS_DUPLICATE = Counter(
 INGEST_REJECTED = Counter(
     "relay_ingest_rejected_total",
     "Requests not stored: unauthorized, too_large, slow_client, quarantined, log_full_events, "
-    "log_full_bytes, disk_low, error.",
+    "log_full_bytes, disk_low, log_damaged, error.",
     ["reason"], registry=REGISTRY,
 )  # fmt: skip
 INGEST_COMMIT_SECONDS = Histogram(
@@ -113,6 +113,10 @@ class LogCollector(Collector):
         yield GaugeMetricFamily(
             "relay_backpressure", "1 while ingest answers 503 (log over a mark).",
             value=1 if log.pressure else 0,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "relay_log_damaged", "1 when the integrity check found damage in the log, else 0.",
+            value=1 if log.check_state == "damaged" else 0,
         )  # fmt: skip
         conn = log.reader()
         now = time.time()

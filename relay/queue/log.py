@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -41,6 +41,12 @@ WAL_RESET_BYTES = 32 * 1024 * 1024  # past this, the writer finishes a checkpoin
 CHECKPOINT_EVERY = 1.0  # seconds between the checkpointer's looks at the WAL
 CHECKPOINT_BYTES = 4 * 1024 * 1024  # WAL size from which it copies pages back
 MIN_SQLITE = (3, 35, 0)  # RETURNING, and the upsert syntax in queries.sql
+# check="auto": the integrity check reads every page (~1.7 s per million events), so above
+# this size it runs beside the relay rather than delaying its start.
+CHECK_AT_START_BYTES = 256 * 1024**2
+CHECK_JOIN_SECONDS = 1.0  # how long close() waits for an interrupted check
+
+CheckState = Literal["running", "ok", "damaged"]
 
 
 class LogClosed(Exception):
@@ -98,8 +104,10 @@ class Log:
         max_bytes: int = 8 * 1024**3,
         min_free_bytes: int = 0,
         prune_every: float = PRUNE_EVERY,
+        check: str = "start",  # auto | start | background, see RELAY_LOG_CHECK
     ) -> None:
         self.path = Path(path)
+        self.check = check
         self.sync = sync
         self.retention = retention
         self.max_events = max_events
@@ -109,14 +117,20 @@ class Log:
         self.events = 0  # rows in `events`, kept by the writer
         self.bytes = 0  # bytes in use in the database file
         self.free_disk = 0
-        self.pressure: str | None = None  # why ingest must answer 503, or None
+        self._pressure: str | None = None  # from the marks and the disk, see _update_pressure
+        self._damaged = False  # set once by the background check, never cleared
+        self.check_state: CheckState = "running"  # of the integrity check
+        self.check_in_background = False
         self.commits = 0
         self._last_seq = 0  # highest seq committed by this writer
         self._pending = (0, 0)  # (last seq, events) of the commit under way
-        self.open_seconds = 0.0  # integrity check and counts at start
+        self.open_seconds = 0.0  # integrity check (unless in the background) and counts
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
+        self._checker: threading.Thread | None = None
+        self._check_conn: sqlite3.Connection | None = None
+        self._check_lock = threading.Lock()  # interrupt() on a closed connection is unsafe
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: set[asyncio.Event] = set()
@@ -130,20 +144,27 @@ class Log:
 
     def open(self) -> None:
         """Create or migrate the database and start the writer. Safe to call before the event
-        loop runs; the loop is picked up on the first write."""
+        loop runs; the loop is picked up on the first write. The integrity check runs here
+        (LogDamaged) or, with check="background" or "auto" over CHECK_AT_START_BYTES, in a
+        thread of its own whose finding sets `check_state` and, on damage, `pressure`."""
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old; 3.35 or newer needed")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             migrations.migrate(self.path)
+            self.check_in_background = self.check == "background" or (
+                self.check == "auto" and self.path.stat().st_size > CHECK_AT_START_BYTES
+            )
             conn = self._connect()
             try:
                 started = time.monotonic()
-                # Damage must stop us here, not surface later as a sink stuck on one event.
-                # Reads every page once: measured in the log line below, see the README.
-                problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
-                if problems != ["ok"]:
-                    raise sqlite3.DatabaseError("; ".join(problems))
+                if not self.check_in_background:
+                    # Damage must stop us here, not surface later as a sink stuck on one
+                    # event. Reads every page once: measured in the "relay listening" line.
+                    problems = _quick_check(conn)
+                    if problems:
+                        raise sqlite3.DatabaseError("; ".join(problems))
+                    self.check_state = "ok"
                 self.events = conn.execute(Q["log_counts"]).fetchone()[0]
                 self._last_seq = conn.execute(Q["max_seq"]).fetchone()[0]
                 self._measure(conn)
@@ -163,6 +184,11 @@ class Log:
             target=self._checkpoint, name="relay-log-checkpointer", daemon=True
         )
         self._checkpointer.start()
+        if self.check_in_background:
+            self._checker = threading.Thread(
+                target=self._background_check, name="relay-log-check", daemon=True
+            )
+            self._checker.start()
 
     async def close(self) -> None:
         if self._closed:
@@ -170,6 +196,13 @@ class Log:
         self._closed = True
         self._inbox.put(_STOP)
         self._stopping.set()
+        if self._checker is not None:
+            # A check of a large log takes minutes: cut it short rather than hold up a stop.
+            # Should the interrupt miss it (not yet started), the daemon thread dies with us.
+            with self._check_lock:
+                if self._check_conn is not None:
+                    self._check_conn.interrupt()
+            await asyncio.to_thread(self._checker.join, CHECK_JOIN_SECONDS)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
         if self._checkpointer is not None:
@@ -178,6 +211,12 @@ class Log:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+
+    @property
+    def pressure(self) -> str | None:
+        """Why ingest must answer 503, or None. Damage found by the background check holds
+        for the rest of the process: only a repaired log may take events again."""
+        return "log_damaged" if self._damaged else self._pressure
 
     @property
     def last_seq(self) -> int:
@@ -370,6 +409,50 @@ class Log:
         finally:
             conn.close()
 
+    def _background_check(self) -> None:
+        """The integrity check of open(), on a read-only connection of its own: a read
+        transaction in WAL mode takes no lock from the writer, so ingest and delivery go on
+        meanwhile."""
+        started = time.monotonic()
+        try:
+            conn = self._connect(readonly=True)
+        except sqlite3.Error as exc:
+            self._found_damage([str(exc)])
+            return
+        with self._check_lock:
+            self._check_conn = conn
+        try:
+            if self._stopping.is_set():
+                return
+            problems = _quick_check(conn)
+        except sqlite3.DatabaseError as exc:
+            if self._stopping.is_set():  # interrupted by close(): nothing was found
+                return
+            problems = [str(exc)]
+        finally:
+            with self._check_lock:
+                self._check_conn = None
+            conn.close()
+        if problems:
+            self._found_damage(problems)
+        else:
+            self.check_state = "ok"
+            log.info("log check passed",
+                     extra={"log_check_seconds": round(time.monotonic() - started, 3)})  # fmt: skip
+
+    def _found_damage(self, problems: list[str]) -> None:
+        # Not an exit: sinks keep delivering what can still be read, and the senders keep
+        # (and retry) what ingest now refuses.
+        self._damaged = True
+        self.check_state = "damaged"
+        log.error(
+            "log damaged: ingest answers 503 until it is repaired. Stop the relay and run "
+            "`relay fsck --repair` (it copies every readable event into a new log and keeps "
+            "the damaged file), or restart with RELAY_LOG_CHECK=start and "
+            "RELAY_ON_DAMAGE=set-aside to start on a new log",
+            extra={"path": str(self.path), "problems": problems},
+        )
+
     def _commit(self, conn: sqlite3.Connection, batch: list[_Command]) -> None:
         done: list[tuple[asyncio.Future[Any], Any, bool]] = []
         try:
@@ -452,14 +535,14 @@ class Log:
             pressure = "disk_low"
         else:
             pressure = None
-        if pressure != self.pressure:  # one line per change, not per refused request
+        if pressure != self._pressure and not self._damaged:  # one line per change
             if pressure:
                 log.warning("backpressure on: ingest answers 503",
                             extra={"reason": pressure, "events": self.events,
                                    "bytes": self.bytes, "free_disk": self.free_disk})  # fmt: skip
             else:
                 log.info("backpressure off: ingest accepts again", extra={"events": self.events})
-        self.pressure = pressure
+        self._pressure = pressure
 
     def _near_mark(self) -> bool:
         return self.events >= 0.9 * self.max_events or self.bytes >= 0.9 * self.max_bytes
@@ -472,7 +555,9 @@ class Log:
                 self._prune(conn)
             wal = self.path.with_name(self.path.name + "-wal")
             wal_bytes = wal.stat().st_size if wal.exists() else 0
-            if idle and wal_bytes > WAL_TRUNCATE_BYTES:
+            # TRUNCATE waits (busy_timeout) for readers of older snapshots, and the
+            # background check is one for as long as it runs: the writer would stall.
+            if idle and wal_bytes > WAL_TRUNCATE_BYTES and self.check_state != "running":
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             elif wal_bytes > WAL_RESET_BYTES:
                 # Under unbroken ingest the checkpointer thread never catches up with new
@@ -509,6 +594,12 @@ class Log:
         if deleted:
             self.events -= deleted
             log.debug("pruned events", extra={"deleted": deleted, "upto": upto})
+
+
+def _quick_check(conn: sqlite3.Connection) -> list[str]:
+    """The first problems SQLite finds in the file; [] when it is sound."""
+    problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+    return [] if problems == ["ok"] else problems
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -1,6 +1,8 @@
 """A damaged log file: the relay refuses to start with a message saying what to do, never a
 traceback; `relay fsck` finds the damage; `--repair` keeps every readable event and says
-what was lost; RELAY_ON_DAMAGE=set-aside starts on a new log instead."""
+what was lost; RELAY_ON_DAMAGE=set-aside starts on a new log instead. With the integrity
+check in the background (RELAY_LOG_CHECK), damage found while serving stops ingest (503)
+and readiness, and the relay stays up delivering what can be read."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import aiohttp
 import pytest
 
 from tests.support.bodies import minio_body
+from tests.support.damage import damage_record_page
 from tests.support.receiver import Receiver
 from tests.support.relay_process import RelayProcess
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.faults
 TOKEN = "fsck-token"
@@ -95,3 +99,71 @@ async def test_set_aside_starts_a_new_log(relay_factory: Callable[..., RelayProc
     await relay.start()
     assert list(db.parent.glob("relay.db.damaged-*"))
     assert '"log damaged: set aside, starting a new log"' in relay.logs()
+
+
+async def test_auto_checks_a_small_log_at_start(relay_factory: Callable[..., RelayProcess]) -> None:
+    relay = relay_factory({"RELAY_AUTH_TOKENS": TOKEN, "RELAY_LOG_CHECK": "auto"})
+    await fill_log(relay)
+    # a page of events that only the integrity check reads: refused at start all the same
+    damage_record_page(relay.workdir / "data" / "relay.db", b"REQ%012d" % (EVENTS // 2))
+    refused = serve(relay)
+    assert refused.returncode == 3
+    assert "relay fsck --repair" in refused.stderr and "Traceback" not in refused.stderr
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_damage_found_in_the_background_stops_ingest_not_the_relay(
+    receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    receiver.status = 503  # every event stays pending in the log
+    relay = relay_factory({
+        "RELAY_AUTH_TOKENS": TOKEN,
+        "RUSTFS_NOTIFY_WEBHOOK_ENABLE_W": "on",
+        "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_W": receiver.url,
+        "RUSTFS_NOTIFY_WEBHOOK_BACKOFF_MAX_W": "200ms",
+    })  # fmt: skip
+    await fill_log(relay)
+    damage_record_page(relay.workdir / "data" / "relay.db", b"REQ%012d" % (EVENTS // 2))
+
+    receiver.status = 200
+    relay.env["RELAY_LOG_CHECK"] = "background"
+    await relay.start()
+    await eventually(lambda: '"log_check": "background"' in relay.logs())
+    async with aiohttp.ClientSession() as session:
+
+        async def not_ready() -> bool:
+            status, text = await _get(session, relay.url + "/readyz")
+            return status == 503 and '"reason": "log_damaged"' in text
+
+        await eventually(not_ready)
+        async with session.post(relay.url, data=minio_body("f", "new", EVENTS),
+                                headers={"Authorization": f"Bearer {TOKEN}"}) as response:  # fmt: skip
+            assert response.status == 503 and response.headers["Retry-After"]
+        _, exposition = await _get(session, relay.url + "/metrics")
+        assert "relay_log_damaged 1.0" in exposition.splitlines()
+    # the events before the damaged page still go out
+    await receiver.wait_for(EVENTS // 4, timeout=60)
+    assert relay.proc is not None and relay.proc.poll() is None
+    logs = relay.logs()
+    assert '"log damaged: ingest answers 503' in logs and "relay fsck --repair" in logs
+    assert await relay.stop() == 0
+
+
+async def test_a_sound_log_passes_the_background_check(
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    relay = relay_factory({"RELAY_AUTH_TOKENS": TOKEN})
+    await fill_log(relay)
+    relay.env["RELAY_LOG_CHECK"] = "background"
+    await relay.start()
+    await eventually(lambda: '"log check passed"' in relay.logs())
+    async with aiohttp.ClientSession() as session:
+        status, _ = await _get(session, relay.url + "/readyz")
+        assert status == 200
+        _, exposition = await _get(session, relay.url + "/metrics")
+        assert "relay_log_damaged 0.0" in exposition.splitlines()
+    assert await relay.stop() == 0

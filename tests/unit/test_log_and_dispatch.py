@@ -18,9 +18,11 @@ import pytest
 from relay.dispatch import Dispatcher, Policy
 from relay.events import Event
 from relay.queue import admin, stats
+from relay.queue import log as log_module
 from relay.queue.log import Log, LogEntry
 from relay.rules import Router, Rule
 from relay.sinks.base import Health, Permanent, Result, Retryable
+from tests.support.damage import damage_record_page
 from tests.support.pipeline import minio_event
 from tests.support.waiting import eventually
 
@@ -248,3 +250,52 @@ async def test_backpressure_over_the_high_water_mark(tmp_path: Path) -> None:
     await eventually(lambda: event_log.pressure == "log_full_events")
     await event_log.close()
     assert time.time()  # nothing else to check: ingest reads `pressure` (see e2e tests)
+
+
+async def _filled_log(path: Path, events: int = 2000) -> None:
+    event_log = Log(path)
+    event_log.open()
+    for start in range(0, events, 100):
+        await event_log.append([minio_event("b", f"k{n}", n) for n in range(start, start + 100)])
+    await event_log.close()  # checkpoints the WAL into the file
+
+
+async def test_the_check_runs_in_the_background_on_request_or_over_the_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "r.db"
+    await _filled_log(path)
+    at_start = Log(path, check="auto")
+    at_start.open()
+    assert (at_start.check_in_background, at_start.check_state) == (False, "ok")
+    await at_start.close()
+    monkeypatch.setattr(log_module, "CHECK_AT_START_BYTES", 0)  # every log is "large"
+
+    async def passes_in_the_background(mode: str) -> None:
+        event_log = Log(path, check=mode)
+        event_log.open()
+        try:
+            assert event_log.check_in_background and event_log.events == 2000
+            await eventually(lambda: event_log.check_state == "ok")
+            assert event_log.pressure is None
+        finally:
+            await event_log.close()
+
+    await passes_in_the_background("auto")
+    await passes_in_the_background("background")
+
+
+async def test_damage_found_in_the_background_refuses_ingest_for_good(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    await _filled_log(path)
+    damage_record_page(path, b"REQ%012d" % 1000)
+    event_log = Log(path, check="background")
+    event_log.open()  # the counts do not read the damaged page: the relay would serve
+    try:
+        await eventually(lambda: event_log.check_state == "damaged")
+        assert event_log.pressure == "log_damaged"
+        # a commit measures the log again; the damage stays what ingest is told
+        await event_log.append([minio_event("b", "after", 5000)])
+        assert event_log.pressure == "log_damaged"
+    finally:
+        await event_log.close()
