@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 
 from relay.config import ConfigError, Option, SinkSpec
 from relay.queue.log import LogEntry
-from relay.sinks.base import Health, Permanent, Result, Retryable, send_each
+from relay.sinks.base import Health, Permanent, Result, Retryable
 from relay.sinks.formats import render
 from relay.sinks.template import render_template, validate_template
 from relay.sinks.tls import client_context
@@ -102,8 +102,10 @@ OPTIONS = (
         "bool",
         False,
         "Publish to JetStream and wait for each PubAck (at-least-once, deduplicated by "
-        "`Nats-Msg-Id` within the stream's duplicate window). MinIO calls this key "
-        "JETSTREAM (accepted too). Off: core NATS, at-most-once.",
+        "`Nats-Msg-Id` within the stream's duplicate window). A batch is published whole "
+        "before its PubAcks are awaited: BATCH_SIZE is the window of unacknowledged "
+        "publishes and CONCURRENCY does not apply. MinIO calls this key JETSTREAM "
+        "(accepted too). Off: core NATS, at-most-once.",
         aliases=("JETSTREAM",),
     ),
     Option(
@@ -117,6 +119,7 @@ OPTIONS = (
 )
 
 _PERMISSION = re.compile(r"permissions violation for publish to \"?([^\s\"']+)", re.IGNORECASE)
+MAX_COVERED = 10_000
 _USERINFO = re.compile(r"//[^/@\s]*@")
 
 
@@ -152,6 +155,7 @@ class NatsSink:
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
         self.stream_subjects: tuple[str, ...] = ()
+        self.covered: set[str] = set()  # subjects found in stream_subjects
         self.last_error: str = ""
         self.denied: dict[str, float] = {}  # subject → when the server refused it
 
@@ -208,6 +212,7 @@ class NatsSink:
         except (TimeoutError, nats.errors.Error) as exc:
             raise Retryable(f"cannot read stream {self.stream!r}: {self._text(exc)}") from None
         self.stream_subjects = tuple(info.config.subjects or [self.stream])
+        self.covered.clear()
 
     async def _drop(self) -> None:
         nc, self.nc, self.js = self.nc, None, None
@@ -276,50 +281,48 @@ class NatsSink:
         return results
 
     async def _send_jetstream(self, batch: Sequence[LogEntry]) -> list[Result]:
+        """Every event of the batch is published before any PubAck is awaited: one round trip
+        per batch instead of one per event (BATCH_SIZE is the window of unacknowledged
+        publishes). They leave in order on one connection, so the stream stores them in order."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        duplicates = 0
-
-        async def publish(entry: LogEntry) -> None:
-            nonlocal duplicates
+        started = time.monotonic()
+        results: list[Result] = [None] * len(batch)
+        acks: dict[int, tuple[str, asyncio.Future[Any]]] = {}
+        for index, entry in enumerate(batch):
             js = self.js
             if js is None or self.nc is None or not self.nc.is_connected:
-                raise Retryable(f"not connected to {self._where()}")
+                results[index] = Retryable(f"not connected to {self._where()}")
+                continue
+            subject = self.subject
             try:
                 subject = render_template(self.subject, entry.event)
                 body = render(entry, self.format)
-            except ValueError as exc:
-                raise Permanent(str(exc)) from None
-            if self.stream:
-                await self._check_subject(subject)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise Retryable(f"batch not acknowledged within {self.timeout:g}s")
-            started = time.monotonic()
-            try:
-                ack = await js.publish(
-                    subject,
-                    body,
-                    timeout=remaining,
-                    stream=self.stream or None,
+                if self.stream:
+                    await self._check_subject(subject)
+                ack = await js.publish_async(
+                    subject, body, stream=self.stream or None,
                     headers={"Nats-Msg-Id": entry.event.event_id},
-                )
-            except nats.js.errors.NoStreamResponseError:
-                raise Retryable(f"no JetStream stream takes subject {subject!r}") from None
-            except nats.js.errors.APIError as exc:
-                raise _api_error(exc, subject) from None
-            except nats.errors.BadSubjectError:
-                raise Permanent(f"invalid subject {subject!r}") from None
-            except nats.errors.MaxPayloadError:
-                raise Permanent("event larger than the server's max_payload") from None
-            except (TimeoutError, nats.errors.Error, OSError) as exc:
-                if self.denied.get(subject, 0.0) >= started:
-                    raise Permanent(f"permission denied to publish to {subject!r}") from None
-                raise Retryable(f"no PubAck: {self._text(exc) or 'timeout'}") from None
-            if ack.duplicate:
+                )  # fmt: skip
+            except ValueError as exc:
+                results[index] = Permanent(str(exc))
+            except Exception as exc:
+                results[index] = self._failure(exc, subject, started)
+            else:
+                acks[index] = (subject, ack)
+        if acks:
+            waiting = [ack for _, ack in acks.values()]
+            _, late = await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()))
+            for ack in late:
+                ack.cancel()  # also frees its slot in nats-py's table of pending PubAcks
+        duplicates = 0
+        for index, (subject, ack) in acks.items():
+            if ack.cancelled():
+                results[index] = self._failure(None, subject, started)
+            elif ack.exception() is not None:
+                results[index] = self._failure(ack.exception(), subject, started)
+            elif ack.result().duplicate:
                 duplicates += 1
-
-        results = await send_each(batch, publish, self.concurrency)
         if duplicates:
             log.debug(
                 "JetStream dropped resent events as duplicates",
@@ -327,8 +330,31 @@ class NatsSink:
             )
         return results
 
+    def _failure(self, exc: BaseException | None, subject: str, started: float) -> Result:
+        """What a failed publish or PubAck means for the event."""
+        if isinstance(exc, Permanent | Retryable):
+            return exc
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            return Retryable(f"no JetStream stream takes subject {subject!r}")
+        if isinstance(exc, nats.js.errors.APIError):
+            return _api_error(exc, subject)
+        if isinstance(exc, nats.errors.BadSubjectError):
+            return Permanent(f"invalid subject {subject!r}")
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            return Permanent("event larger than the server's max_payload")
+        # the server answers a forbidden publish with -ERR and no PubAck
+        if self.denied.get(subject, 0.0) >= started:
+            return Permanent(f"permission denied to publish to {subject!r}")
+        why = self._text(exc) if exc is not None else f"none within {self.timeout:g}s"
+        return Retryable(f"no PubAck: {why or type(exc).__name__}")
+
     async def _check_subject(self, subject: str) -> None:
+        if subject in self.covered:
+            return
         if any(_covers(p, subject) for p in self.stream_subjects):
+            if len(self.covered) >= MAX_COVERED:  # subjects templated on buckets: bounded
+                self.covered.clear()
+            self.covered.add(subject)
             return
         await self._load_stream()  # the stream may have been edited since
         if not any(_covers(p, subject) for p in self.stream_subjects):

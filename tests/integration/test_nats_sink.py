@@ -174,6 +174,34 @@ async def test_jetstream_stores_in_order_and_dedups_a_resend(
     assert [json.loads(m.data) for m in stored] == [expected_body(e) for e in events]  # type: ignore[arg-type]
 
 
+async def test_one_window_of_publishes_each_event_its_own_puback(
+    tmp_path: Path, shared: NatsClient
+) -> None:
+    # One batch published whole: the events for bucket "a" land in their stream, in the log's
+    # order across objects, while those for bucket "b" (no stream takes the subject, so no
+    # PubAck) fail on their own and wait, without failing or reordering the others.
+    stream = f"RELAY_TEST_{run_id()}"
+    await make_stream(shared, stream, [f"relay-js.{stream}.a"])
+    try:
+        async with asyncio.timeout(40):
+            events = [minio_event("a" if n % 2 else "b", f"k{n}", n) for n in range(40)]
+            config = env(SHARED, f"relay-js.{stream}.{{bucket}}", JETSTREAM_ENABLE="on",
+                         BATCH_SIZE="40", TIMEOUT="1s")  # fmt: skip
+            async with pipeline(tmp_path, config) as pipe:
+                await pipe.append(events)
+
+                async def stored_all_of_a() -> bool:
+                    return (await shared.jetstream().stream_info(stream)).state.messages >= 20
+
+                await eventually(stored_all_of_a, timeout=20)
+                assert await pipe.dead_letters() == []
+            stored = await stream_messages(shared, stream)
+    finally:
+        await drop_stream(shared, stream)
+    wanted = [e.event_id for e in events if e.bucket == "a"]
+    assert [m.headers["Nats-Msg-Id"] for m in stored] == wanted  # type: ignore[index]
+
+
 async def test_missing_stream_keeps_the_sink_down_until_created(
     tmp_path: Path, shared: NatsClient
 ) -> None:
