@@ -7,9 +7,9 @@ bodies in rotation), then, for each sink on its own, a cursor row at 0 is writte
 fresh sink name (so the whole log is pending for it), `relay serve` starts with that one sink
 at its defaults, and the clock runs from the first /metrics scrape after the relay answers
 until `relay_sink_pending` of the sink reads 0. The rate is the events it took over that
-window. `--knob` adds a second figure per sink with its one obvious setting raised
-(bench/targets.py KNOBS: BATCH_SIZE for Redis and the SQL sinks, CONCURRENCY and BATCH_SIZE
-for the per-event sinks), `--all` a run with every sink at once (each with its own cursor).
+window. `--knob` adds a second figure per sink with its one obvious setting changed
+(bench/targets.py KNOBS: BATCH_SIZE raised for Redis, CONCURRENCY and BATCH_SIZE for the
+webhook and AMQP, JetStream's window of PubAcks at the former default of 100), `--all` a run with every sink at once (each with its own cursor).
 `--cap` stops a run after that many seconds and reports the rate so far (marked "capped").
 
 Sinks: webhook (a receiver in the bench process), nats (JetStream), redis (stream), amqp
