@@ -99,6 +99,9 @@ class Dispatcher:
         # restart resumes every sink; the events wait in the log meanwhile.
         self._running = asyncio.Event()
         self._running.set()
+        # The commit of the last batch's cursor advance, made while the next batch is read
+        # and sent (see _settle): at most one in flight.
+        self._settling: asyncio.Future[None] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -147,6 +150,8 @@ class Dispatcher:
                 log.error("dispatch round failed; trying again",
                           extra={"sink": self.name, "error": error})  # fmt: skip
                 await self._sleep(backoff(failures, self.policy.backoff_max) + 0.1)
+        with contextlib.suppress(Exception):  # already logged by the round that saw it fail
+            await self._settled()
 
     async def _round(self) -> None:
         """One batch: read, send, settle. Nothing is acked unless the settle commits."""
@@ -157,6 +162,7 @@ class Dispatcher:
         self._wake.clear()
         work = await self._next_work()
         if work is None:
+            await self._settled()
             await self._idle()
             return
         if not work.entries:  # a window of events none of which is for this sink
@@ -376,11 +382,25 @@ class Dispatcher:
         )
 
     async def _settle(self, s: Settlement, work: _Work) -> None:
-        await self.log.settle(s)
+        """A plain cursor advance (the usual case under load) is committed while the next
+        batch is read and sent, instead of the loop waiting for its fsync: if the relay
+        stops before that commit, the batch is sent again (at-least-once allows it).
+        Anything else (a retry schedule, dead letters, redeliveries) is waited for, since
+        the next round reads it back."""
+        await self._settled()
+        if s.cursor is not None and not (s.dead or s.delivered_redeliveries or s.retry):
+            self._settling = self.log.settle_nowait(s)
+        else:
+            await self.log.settle(s)
         if s.cursor is not None:
             self.cursor = max(self.cursor, s.cursor)
             if self._ahead:
                 self._ahead = {seq for seq in self._ahead if seq > self.cursor}
+
+    async def _settled(self) -> None:
+        settling, self._settling = self._settling, None
+        if settling is not None:
+            await settling
 
     # -- state --------------------------------------------------------------------------------
 

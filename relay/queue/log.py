@@ -252,6 +252,10 @@ class Log:
     async def settle(self, s: Settlement) -> None:
         await self._submit(lambda conn: _settle(conn, s))
 
+    def settle_nowait(self, s: Settlement) -> asyncio.Future[None]:
+        """settle(), queued for the writer's next commit; the future says when it is done."""
+        return self._submit(lambda conn: _settle(conn, s))
+
     async def write(self, fn: Callable[[sqlite3.Connection], Any], *, wakes: bool = False) -> Any:
         """Run `fn(conn)` inside the writer's next transaction (admin operations)."""
         return await self._submit(fn, 1, wakes)
