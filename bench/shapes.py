@@ -3,14 +3,19 @@ record per request, as each store sends them (built after tests/fixtures/{minio,
 
 Each shape is a template in which `@N@` stands for an id unique to the event (it goes into the
 object key and the request id, so every event has its own dedup key and its own dispatch
-lane). The same templates feed wrk's Lua script (`lua_script`), the Python load generators
+lane) and `@T@` for the event time, the time of sending in the store's own precision (stores
+stamp each event when it happens, so times rise from one event to the next). The same templates feed wrk's Lua script (`lua_script`), the Python load generators
 (`body`) and the log filler (bench/fill.py), so every part of the suite measures the same
 events.
 """
 
 from __future__ import annotations
 
+import re
+import time
+
 ID = "@N@"
+TIME = "@T@"
 
 # (ingest path, template); the path is the relay's source label.
 SHAPES: tuple[tuple[str, str], ...] = (
@@ -18,7 +23,7 @@ SHAPES: tuple[tuple[str, str], ...] = (
         "/minio",
         '{"EventName":"s3:ObjectCreated:Put","Key":"bench/photos/2026/03/obj-@N@.jpg",'
         '"Records":[{"eventVersion":"2.0","eventSource":"minio:s3","awsRegion":"",'
-        '"eventTime":"2026-03-04T10:11:12.345Z","eventName":"s3:ObjectCreated:Put",'
+        '"eventTime":"@T@","eventName":"s3:ObjectCreated:Put",'
         '"userIdentity":{"principalId":"minioadmin"},"requestParameters":{"principalId":"minioadmin",'
         '"region":"","sourceIPAddress":"10.0.0.7"},"responseElements":{"x-amz-id-2":"dd9025bab4ad464b0491",'
         '"x-amz-request-id":"M@N@","x-minio-deployment-id":"6b3c0f5e-1111-2222-3333-444455556666",'
@@ -34,7 +39,7 @@ SHAPES: tuple[tuple[str, str], ...] = (
         "/rustfs",
         '{"EventName":"s3:ObjectCreated:Put","Key":"ledger/reports/2025 Q2 (final)+v@N@.pdf",'
         '"Records":[{"eventVersion":"2.1","eventSource":"rustfs:s3","awsRegion":"",'
-        '"eventTime":"2025-07-14T16:45:09.512Z","eventName":"s3:ObjectCreated:Put",'
+        '"eventTime":"@T@","eventName":"s3:ObjectCreated:Put",'
         '"userIdentity":{"principalId":"ledger-writer"},"requestParameters":{"accept-encoding":"identity",'
         '"authorization":"***redacted***","content-length":"20480","content-type":"application/pdf",'
         '"host":"s3.internal:9000","principalId":"ledger-writer","user-agent":"aws-sdk-go-v2/1.30.3 os/linux",'
@@ -51,7 +56,7 @@ SHAPES: tuple[tuple[str, str], ...] = (
     (
         "/ceph",
         '{"Records":[{"eventVersion":"2.2","eventSource":"ceph:s3","awsRegion":"",'
-        '"eventTime":"2026-11-21T04:16:13.275630Z","eventName":"ObjectCreated:Put",'
+        '"eventTime":"@T@","eventName":"ObjectCreated:Put",'
         '"userIdentity":{"principalId":"relay"},"requestParameters":{"sourceIPAddress":""},'
         '"responseElements":{"x-amz-request-id":"8638bf14-29d4-41ea-83ef-07d8499ac64f.4118.@N@",'
         '"x-amz-id-2":"1016-default-default"},"s3":{"s3SchemaVersion":"1.0","configurationId":"relay-notif",'
@@ -64,10 +69,22 @@ SHAPES: tuple[tuple[str, str], ...] = (
 )
 
 
-def body(n: int, tag: str = "b") -> tuple[str, bytes]:
+# digits of the fraction of a second in each shape's eventTime: MinIO and RustFS write
+# milliseconds, Ceph microseconds
+PRECISION = {"/minio": 3, "/rustfs": 3, "/ceph": 6}
+
+
+def event_time(precision: int, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    fraction = f"{now % 1:.{precision}f}"[1:]
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + fraction + "Z"
+
+
+def body(n: int, tag: str = "b", now: float | None = None) -> tuple[str, bytes]:
     """The n-th event of the rotation: (ingest path, body); `tag` keeps runs apart."""
     path, template = SHAPES[n % len(SHAPES)]
-    return path, template.replace(ID, f"{tag}-{n}").encode()
+    stamped = template.replace(TIME, event_time(PRECISION[path], now))
+    return path, stamped.replace(ID, f"{tag}-{n}").encode()
 
 
 def _lua_string(text: str) -> str:
@@ -78,10 +95,15 @@ def lua_script(token: str) -> str:
     """wrk script: one body per request, the three shapes in rotation, each id unique (a
     random prefix per wrk run, so warm-up and measured runs never collide); `done()` prints
     the percentiles wrk's --latency table lacks (p99.9), in microseconds, on one line."""
-    shapes = ",\n  ".join(
-        "{" + f'path = "{path}", parts = {{' + ", ".join(_lua_string(p) for p in t.split(ID)) + "}}"
-        for path, t in SHAPES
-    )
+
+    def shape(path: str, template: str) -> str:
+        pieces = re.split(f"({ID}|{TIME})", template)  # text, placeholder, text, …
+        parts = ", ".join(_lua_string(p) for p in pieces[::2])
+        times = ", ".join("true" if p == TIME else "false" for p in pieces[1::2])
+        return f'{{path = "{path}", digits = {PRECISION[path]}, parts = {{{parts}}}, ' \
+               f"times = {{{times}}}}}"  # fmt: skip
+
+    shapes = ",\n  ".join(shape(path, t) for path, t in SHAPES)
     return f"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -95,7 +117,16 @@ local prefix = tostring(math.random(1, 1000000000))
 request = function()
   n = n + 1
   local shape = shapes[(n % #shapes) + 1]
-  local body = table.concat(shape.parts, prefix .. "-" .. n)
+  -- Lua's clock has whole seconds: the fraction counts requests, so times still rise
+  local fraction = string.format("%0" .. shape.digits .. "d", n % (10 ^ shape.digits))
+  local stamp = os.date("!%Y-%m-%dT%H:%M:%S.") .. fraction .. "Z"
+  local id = prefix .. "-" .. n
+  local out = {{shape.parts[1]}}
+  for i = 2, #shape.parts do
+    out[#out + 1] = shape.times[i - 1] and stamp or id
+    out[#out + 1] = shape.parts[i]
+  end
+  local body = table.concat(out)
   return wrk.format(nil, shape.path, nil, body)
 end
 done = function(summary, latency, requests)

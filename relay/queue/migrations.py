@@ -9,6 +9,8 @@ from pathlib import Path
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from relay.queue.queries import Q
+
 MIGRATIONS = Migrations("s3-notify-relay")
 
 
@@ -27,6 +29,12 @@ def _schema(db: Database) -> None:
     sql = resources.files("relay.queue").joinpath("schema.sql").read_text("utf-8")
     for statement in _statements(sql):
         db.execute(statement)
+
+
+@MIGRATIONS(name="0002_dedup_index_in_time_order")
+def _dedup_in_time_order(db: Database) -> None:
+    db.execute(Q["drop_event_id_index"])
+    db.execute(Q["create_dedup_index"])
 
 
 def migrate(path: Path) -> None:

@@ -27,6 +27,7 @@ CREATE TABLE events (
 );
 -- Dedup: a sender's retry of an event already in the log is answered 2xx and not stored again.
 -- The window is the retention period, since pruned rows leave the index with them.
+-- (Replaced in schema version 2 by events_dedup: see the end of queries.sql.)
 CREATE UNIQUE INDEX events_event_id ON events (event_id);
 
 -- How far each sink has got: every event with seq <= cursor is delivered, dead-lettered or
