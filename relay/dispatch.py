@@ -382,13 +382,17 @@ class Dispatcher:
         )
 
     async def _settle(self, s: Settlement, work: _Work) -> None:
-        """A plain cursor advance (the usual case under load) is committed while the next
-        batch is read and sent, instead of the loop waiting for its fsync: if the relay
+        """Draining a backlog (a full batch), a plain cursor advance is committed while the
+        next batch is read and sent, instead of the loop waiting for its fsync: if the relay
         stops before that commit, the batch is sent again (at-least-once allows it).
+        Caught up with ingest, the wait stays: it gathers the next few events into one
+        round, where rounds as fast as events arrive meant a settle commit for every few
+        and slowed ingest's own commits (ack p99 at 1 000/s: 14-16 ms against 8-10 ms).
         Anything else (a retry schedule, dead letters, redeliveries) is waited for, since
         the next round reads it back."""
         await self._settled()
-        if s.cursor is not None and not (s.dead or s.delivered_redeliveries or s.retry):
+        plain = s.cursor is not None and not (s.dead or s.delivered_redeliveries or s.retry)
+        if plain and work.full:
             self._settling = self.log.settle_nowait(s)
         else:
             await self.log.settle(s)
