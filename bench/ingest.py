@@ -83,20 +83,22 @@ def describe(name: str, r: WrkResult) -> str:
             f"p99.9 {r.p999:6.2f} ms   non-2xx {r.errors}")  # fmt: skip
 
 
-async def measure_baseline(seconds: float, connections: int, script: Path,
-                           pin: bool) -> WrkResult:  # fmt: skip
+async def measure_baseline(seconds: float, connections: int, script: Path, pin: bool,
+                           server: str = "bench.baseline_server") -> WrkResult:  # fmt: skip
+    """`server`: the bare aiohttp baseline, or bench.nolog_server (the relay's ingest code
+    with a log that keeps nothing)."""
     port = common.free_port()
-    argv = [sys.executable, "-m", "bench.baseline_server", str(port)]
+    argv = [sys.executable, "-m", server, str(port)]
     if pin and common.can_pin():
         argv = ["taskset", "-c", "1", *argv]
     proc = await asyncio.create_subprocess_exec(
-        *argv, env=common.base_env(), cwd=common.ROOT,
+        *argv, env={**common.base_env(), "RELAY_AUTH_TOKENS": TOKEN}, cwd=common.ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         await _wait_http(url + "/")
-        await common.quiet("the ingest baseline")
+        await common.quiet(f"the ingest baseline ({server})")
         await run_wrk(url, 2, connections, script, 0 if pin else None)  # warm-up
         return await run_wrk(url, seconds, connections, script, 0 if pin else None)
     finally:
@@ -144,6 +146,7 @@ class IngestResult:
     connections: int
     seconds: float
     repeat: int = 1
+    nolog: WrkResult | None = None  # the relay's ingest code, nothing stored
 
 
 async def run(seconds: float = 10, connections: int = 64, pin: bool = True,
@@ -161,6 +164,12 @@ async def run(seconds: float = 10, connections: int = 64, pin: bool = True,
             runs.append(await measure_baseline(seconds, connections, script, pin))
             common.say(describe("bare aiohttp (no storage)", runs[-1]))
         baseline = best(runs)
+        runs = []
+        for _ in range(repeat):
+            runs.append(await measure_baseline(seconds, connections, script, pin,
+                                               "bench.nolog_server"))  # fmt: skip
+            common.say(describe("relay code, log keeps nothing", runs[-1]))
+        nolog = best(runs)
         results = {}
         for sync in syncs:
             runs = []
@@ -169,7 +178,7 @@ async def run(seconds: float = 10, connections: int = 64, pin: bool = True,
                                                 run=i))  # fmt: skip
                 common.say(describe(f"relay, RELAY_SYNC={sync}", runs[-1]))
             results[sync] = best(runs)
-    return IngestResult(baseline, results, connections, seconds, repeat)
+    return IngestResult(baseline, results, connections, seconds, repeat, nolog)
 
 
 def table(r: IngestResult) -> Table:
@@ -178,6 +187,11 @@ def table(r: IngestResult) -> Table:
     part = "1 ingest"
     t.add(part, f"bare aiohttp baseline (parse, 200), {r.connections} conns", rate(b.rps),
           f"p50 {ms(b.p50)}, p99 {ms(b.p99)}, p99.9 {ms(b.p999)}")  # fmt: skip
+    if r.nolog is not None:
+        n = r.nolog
+        t.add(part, "  reference: the relay's ingest code, a log that keeps nothing",
+              rate(n.rps), f"{n.rps / b.rps:.2f}x baseline: the ceiling before storage; "
+              f"p99 {ms(n.p99)}")  # fmt: skip
     for sync, x in r.relay.items():
         ratio = x.rps / b.rps if b.rps else 0.0
         ok = check(ratio, ">=", TARGET_RATIO) and check(x.rps, ">=", TARGET_RATE)
