@@ -8,8 +8,8 @@ fresh sink name (so the whole log is pending for it), `relay serve` starts with 
 at its defaults, and the clock runs from the first /metrics scrape after the relay answers
 until `relay_sink_pending` of the sink reads 0. The rate is the events it took over that
 window. `--knob` adds a second figure per sink with its one obvious setting changed
-(bench/targets.py KNOBS: BATCH_SIZE raised for Redis, CONCURRENCY and BATCH_SIZE for the
-webhook and AMQP, JetStream's window of PubAcks at the former default of 100), `--all` a run with every sink at once (each with its own cursor).
+(bench/targets.py KNOBS: CONCURRENCY and BATCH_SIZE raised for the webhook and AMQP;
+Redis's batch and JetStream's window of PubAcks at their former default of 100), `--all` a run with every sink at once (each with its own cursor).
 `--cap` stops a run after that many seconds and reports the rate so far (marked "capped").
 
 Sinks: webhook (a receiver in the bench process), nats (JetStream), redis (stream), amqp
@@ -230,7 +230,8 @@ def table(d: DrainResult) -> Table:
     t.notes.append(
         "drain: the log filled through its own schema and `insert_event` (MinIO/RustFS/Ceph "
         "records, ~1.1 KB each), cursors written at 0, then `relay serve` with the sink(s) at "
-        "their defaults (BATCH_SIZE 100, CONCURRENCY 4); rate = events taken from the first "
+        "their defaults (BATCH_SIZE 1000 for NATS, Redis and the SQL sinks, 100 for the others; "
+        "CONCURRENCY 4; the audit bucket's own batching); rate = events taken from the first "
         "/metrics scrape until relay_sink_pending = 0 (a complete webhook drain: from the "
         "first to the last arrival at the receiver)."
         + (f' Runs stop after {d.cap:g} s ("capped": the rate so far).' if d.cap else "")

@@ -35,7 +35,7 @@ KNOBS: dict[str, dict[str, str]] = {
     "webhook": {"BATCH_SIZE": "1000", "CONCURRENCY": "32"},
     "nats": {"BATCH_SIZE": "100"},  # JetStream: the batch is the window of PubAcks
     "amqp": {"BATCH_SIZE": "1000", "CONCURRENCY": "64"},
-    "redis": {"BATCH_SIZE": "1000"},
+    "redis": {"BATCH_SIZE": "100"},  # the former default
     # postgres, mysql: BATCH_SIZE is 1000 by default already; no second figure
     # audit_bucket: BATCH_SIZE is 10 000 events per object already; no second figure
 }

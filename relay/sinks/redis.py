@@ -70,6 +70,13 @@ OPTIONS = (
         "ACL user name (MinIO's key; RustFS's USERNAME too).",
         aliases=("USERNAME",),
     ),
+    Option(
+        "batch_size",
+        "int",
+        1000,
+        "Most events handed to the sink at once, sent in one pipelined round trip (measured "
+        "1.2-1.4x the rate at 100).",
+    ),
     Option("tls_ca", "str", "", "PEM CA bundle that signs the server's certificate."),
     Option("tls_client_cert", "str", "", "PEM client certificate for mutual TLS."),
     Option("tls_client_key", "str", "", "PEM key of TLS_CLIENT_CERT."),
