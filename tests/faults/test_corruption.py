@@ -52,17 +52,22 @@ def serve(relay: RelayProcess) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 
-@pytest.mark.parametrize("how", ["truncate", "overwrite"])
-async def test_damaged_log_is_refused_checked_and_repaired(
-    how: str, receiver: Receiver, relay_factory: Callable[..., RelayProcess]
-) -> None:
-    receiver.status = 503  # nothing is delivered: every event is still pending in the log
-    relay = relay_factory({
+def webhook_relay(relay_factory: Callable[..., RelayProcess], receiver: Receiver) -> RelayProcess:
+    """A relay with one webhook sink pointing at `receiver`."""
+    return relay_factory({
         "RELAY_AUTH_TOKENS": TOKEN,
         "RUSTFS_NOTIFY_WEBHOOK_ENABLE_W": "on",
         "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_W": receiver.url,
         "RUSTFS_NOTIFY_WEBHOOK_BACKOFF_MAX_W": "200ms",
     })  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["truncate", "overwrite"])
+async def test_damaged_log_is_refused_checked_and_repaired(
+    how: str, receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    receiver.status = 503  # nothing is delivered: every event is still pending in the log
+    relay = webhook_relay(relay_factory, receiver)
     await fill_log(relay)
     db = relay.workdir / "data" / "relay.db"
     damage(db, how)
@@ -120,12 +125,7 @@ async def test_damage_found_in_the_background_stops_ingest_not_the_relay(
     receiver: Receiver, relay_factory: Callable[..., RelayProcess]
 ) -> None:
     receiver.status = 503  # every event stays pending in the log
-    relay = relay_factory({
-        "RELAY_AUTH_TOKENS": TOKEN,
-        "RUSTFS_NOTIFY_WEBHOOK_ENABLE_W": "on",
-        "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_W": receiver.url,
-        "RUSTFS_NOTIFY_WEBHOOK_BACKOFF_MAX_W": "200ms",
-    })  # fmt: skip
+    relay = webhook_relay(relay_factory, receiver)
     await fill_log(relay)
     damage_record_page(relay.workdir / "data" / "relay.db", b"REQ%012d" % (EVENTS // 2))
 

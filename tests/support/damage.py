@@ -7,7 +7,7 @@ from pathlib import Path
 
 def damage_record_page(db: Path, marker: bytes) -> int:
     """Overwrite with garbage the page holding `marker` (bytes found in one event's record):
-    a leaf of the events table. The relay's start-up counts read the event_id index and the
+    a leaf of the events table. The relay's start-up counts read the dedup index and the
     table's last page only, so this damage is found by the integrity check alone. The WAL
     must be checkpointed (the relay stopped cleanly). Returns the page number."""
     data = db.read_bytes()
