@@ -22,8 +22,12 @@ test: $(STAMP)
 	$(BIN)/ruff format --check relay tests bench
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# wrk drives the ingest parts; Ceph RGW is the audit bucket's server in the drain part
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	bash scripts/ensure-servers.sh
+	bash scripts/install-wrk.sh
+	bash scripts/install-ceph.sh
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) relay-data .pytest_cache

@@ -183,7 +183,7 @@ def write_results(t: Table, p: Profile, seconds: float, command: str) -> None:
         "",
         "Written by `python -m bench.run` (bench/run.py). Every figure is from one run on the "
         "machine below, next to a baseline or reference measured in the same run; targets "
-        "are marked ✓/✗. Run it from the project's venv (`make bench` runs the full profile).",
+        "are marked ✓/✗. `make bench` installs wrk and Ceph RGW and runs the full profile; `make bench BENCH_ARGS=--quick` the quick one.",
         "",
         "| command | what | time |",
         "|---|---|---|",
