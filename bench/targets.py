@@ -40,6 +40,8 @@ KNOBS: dict[str, dict[str, str]] = {
     # audit_bucket: BATCH_SIZE is 10 000 events per object already; no second figure
 }
 
+CEPH_MEMSTORE_BYTES = 6 * 1024**3  # room for a 1M-event drain (~1.3 GB of audit objects)
+
 # What each sink is, as the drain table says it (defaults unless stated).
 DESCRIPTION = {
     "webhook": "webhook → aiohttp receiver in the bench process",
@@ -143,6 +145,14 @@ class Target:
         """What the target itself holds (None where it keeps no count)."""
         if self.kind == "webhook" and self.receiver is not None:
             return self.receiver.count
+        if self.kind == "nats":
+            import nats
+
+            nc = await nats.connect(NATS_URL, connect_timeout=5)
+            try:
+                return int((await nc.jetstream().stream_info(self.stream)).state.messages)
+            finally:
+                await nc.close()
         return None
 
     # -- NATS ---------------------------------------------------------------------------------
@@ -227,8 +237,9 @@ class Target:
             shutil.rmtree(directory, ignore_errors=True)
 
         self._cleanup.append(remove)
-        # one mon, one memstore OSD, radosgw: ~15 s on 2 cores; its data dies with it
-        self.ceph = await asyncio.to_thread(start_ceph, directory)
+        # one mon, one memstore OSD, radosgw: ~15 s on 2 cores; its data dies with it. The
+        # OSD keeps objects in memory: 1 GiB (the tests' size) fills at ~775 000 events
+        self.ceph = await asyncio.to_thread(start_ceph, directory, 120.0, CEPH_MEMSTORE_BYTES)
         self.bucket = f"bench-{self.tag}"
         async with S3(self.ceph) as s3:
             await s3.create_bucket(self.bucket)

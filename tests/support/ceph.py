@@ -173,7 +173,8 @@ class Ceph:
                 process.wait(timeout=10)
 
 
-def _conf(directory: Path, mon_v2: int, mon_v1: int, rgw_port: int, fsid: str) -> str:
+def _conf(directory: Path, mon_v2: int, mon_v1: int, rgw_port: int, fsid: str,
+          memstore_bytes: int) -> str:  # fmt: skip
     return f"""[global]
 fsid = {fsid}
 mon host = [v2:{HOST}:{mon_v2},v1:{HOST}:{mon_v1}]
@@ -205,15 +206,16 @@ mon data = {directory}/mon.$id
 [osd]
 osd data = {directory}/osd.$id
 osd objectstore = memstore
-memstore device bytes = 1073741824
+memstore device bytes = {memstore_bytes}
 [client.rgw]
 rgw frontends = beast endpoint={HOST}:{rgw_port}
 rgw data = {directory}/rgw
 """
 
 
-def start_ceph(directory: Path, timeout: float = 120.0) -> Ceph:
+def start_ceph(directory: Path, timeout: float = 120.0, memstore_bytes: int = 1024**3) -> Ceph:
     """Start mon, OSD and radosgw under `directory` and create an S3 user with known keys.
+    `memstore_bytes`: the OSD's capacity, held in memory (a full OSD refuses writes).
 
     Raises CephError (with the daemons' log tails) when something does not come up within
     `timeout`; whatever was started is stopped again before it raises.
@@ -228,7 +230,9 @@ def start_ceph(directory: Path, timeout: float = 120.0) -> Ceph:
         (directory / sub).mkdir(parents=True, exist_ok=True)
     mon_v2, mon_v1, rgw_port = free_port(), free_port(), free_port()
     fsid = str(uuid.uuid4())
-    (directory / "ceph.conf").write_text(_conf(directory, mon_v2, mon_v1, rgw_port, fsid))
+    (directory / "ceph.conf").write_text(
+        _conf(directory, mon_v2, mon_v1, rgw_port, fsid, memstore_bytes)
+    )
     ceph = Ceph(directory=directory, endpoint=f"http://{HOST}:{rgw_port}")
     atexit.register(ceph.stop)  # in case the session dies before the fixture's finalizer
 
