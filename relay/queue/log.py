@@ -118,8 +118,8 @@ class Log:
         self.bytes = 0  # bytes in use in the database file
         self.free_disk = 0
         self._pressure: str | None = None  # from the marks and the disk, see _update_pressure
-        self._damaged = False  # set once by the background check, never cleared
-        self.check_state: CheckState = "running"  # of the integrity check
+        # of the integrity check; "damaged" is set once, by the background check, and holds
+        self.check_state: CheckState = "running"
         self.check_in_background = False
         self.commits = 0
         self._last_seq = 0  # highest seq committed by this writer
@@ -216,7 +216,7 @@ class Log:
     def pressure(self) -> str | None:
         """Why ingest must answer 503, or None. Damage found by the background check holds
         for the rest of the process: only a repaired log may take events again."""
-        return "log_damaged" if self._damaged else self._pressure
+        return "log_damaged" if self.check_state == "damaged" else self._pressure
 
     @property
     def last_seq(self) -> int:
@@ -250,7 +250,7 @@ class Log:
         await self._submit(init)
 
     async def settle(self, s: Settlement) -> None:
-        await self._submit(lambda conn: _settle(conn, s))
+        await self.settle_nowait(s)
 
     def settle_nowait(self, s: Settlement) -> asyncio.Future[None]:
         """settle(), queued for the writer's next commit; the future says when it is done."""
@@ -447,7 +447,6 @@ class Log:
     def _found_damage(self, problems: list[str]) -> None:
         # Not an exit: sinks keep delivering what can still be read, and the senders keep
         # (and retry) what ingest now refuses.
-        self._damaged = True
         self.check_state = "damaged"
         log.error(
             "log damaged: ingest answers 503 until it is repaired. Stop the relay and run "
@@ -539,7 +538,8 @@ class Log:
             pressure = "disk_low"
         else:
             pressure = None
-        if pressure != self._pressure and not self._damaged:  # one line per change
+        # one line per change; none once damage decides the answer
+        if pressure != self._pressure and self.check_state != "damaged":
             if pressure:
                 log.warning("backpressure on: ingest answers 503",
                             extra={"reason": pressure, "events": self.events,
