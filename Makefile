@@ -1,12 +1,12 @@
 # Two commands on a fresh machine:
 #   make serve   install into .venv and run the relay on its embedded SQLite log
-#   make test    install into .venv and run every test (real servers on loopback)
+#   make test    install into .venv, install and start every server the tests use, run them
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test test-servers lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	RELAY_LOG_FORMAT=$${RELAY_LOG_FORMAT:-text} $(BIN)/relay serve
 
-test: $(STAMP)
+# What the tests talk to: the machine's servers (started if stopped), Ceph RGW (a real S3
+# server and notification sender) and Chromium (the status page's browser test). Each script
+# is quiet and quick when its part is already there.
+test-servers:
+	bash scripts/ensure-servers.sh
+	bash scripts/install-ceph.sh
+	bash scripts/install-browser.sh
+
+test: $(STAMP) test-servers
 	$(BIN)/ruff check relay tests bench
 	$(BIN)/ruff format --check relay tests bench
 	$(BIN)/pytest $(PYTEST_ARGS)
