@@ -34,7 +34,7 @@ import psycopg
 
 from relay import sinks
 from relay.config import SinkSpec, load_sinks
-from relay.dispatch import Dispatcher, Policy
+from relay.delivery.dispatcher import Dispatcher, Policy
 from relay.events import Event, parse_body
 from relay.queue.log import Log, LogEntry
 from relay.rules import Router

@@ -34,7 +34,7 @@ from aiohttp import web
 
 from relay import metrics, tail
 from relay.config import ConfigError, Settings
-from relay.dispatch import Dispatcher
+from relay.delivery.dispatcher import Dispatcher
 from relay.queue import admin, stats
 from relay.queue.log import Log
 
@@ -499,14 +499,17 @@ async def replay(request: web.Request) -> web.Response:
     def accept(entry: Any) -> bool:
         return ignore_rules or router.matches(sink, entry.event)
 
-    seqs = await a.read(
-        lambda conn: admin.replay_selection(conn, since, until, bucket, prefix, accept)
-    )
+    def select(conn: sqlite3.Connection) -> tuple[list[int], dict[int, str | None]]:
+        seqs = admin.replay_selection(conn, since, until, bucket, prefix, accept)
+        return seqs, admin.newer_tokens(conn, sink, seqs, accept)
+
+    seqs, newer = await a.read(select)
     queued = 0
     for start in range(0, len(seqs), REDELIVERY_CHUNK):
         chunk = seqs[start : start + REDELIVERY_CHUNK]
         queued += await a.log.write(
-            functools.partial(admin.queue_redeliveries_tx, sink=sink, seqs=chunk), wakes=True
+            functools.partial(admin.queue_redeliveries_tx, sink=sink, seqs=chunk, newer=newer),
+            wakes=True,
         )
     log.info("replay queued (admin API)",
              extra={"sink": sink, "selected": len(seqs), "queued": queued,

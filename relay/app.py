@@ -15,7 +15,7 @@ from aiohttp import web
 
 from relay import admin_api, ingest, metrics, sinks, tls
 from relay.config import ConfigError, Settings, SinkSpec, load_settings, load_sinks
-from relay.dispatch import Dispatcher, Policy
+from relay.delivery.dispatcher import Dispatcher, Policy
 from relay.queue import fsck
 from relay.queue.fsck import LogDamaged
 from relay.queue.log import Log

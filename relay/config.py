@@ -8,12 +8,15 @@ declares its options (`OPTIONS`) next to the code that uses them; this module on
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import msgspec
 
 
 class ConfigError(Exception):
@@ -338,55 +341,128 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 # ---------------------------------------------------------------------------------------------
 # Sinks from RUSTFS_NOTIFY_* / MINIO_NOTIFY_*
 
-# Keys every sink accepts: the relay's delivery policy, plus the stores' own bookkeeping keys
-# (accepted so a target block moves over unchanged; the relay's log replaces their queue).
-COMMON_OPTIONS: tuple[Option, ...] = (
-    Option("enable", "bool", False, "Creates the sink (`on`)."),
-    Option("comment", "str", "", "Free text, ignored."),
-    Option(
-        "queue_dir",
-        "str",
-        "",
-        "Accepted for compatibility and ignored: the relay's log is the queue.",
-    ),
-    Option("queue_limit", "int", 0, "Accepted for compatibility and ignored."),
-    Option(
-        "format",
-        "choice",
-        "minio",
-        "Payload shape: `minio` ({EventName, Key, Records}), `records` ({Records}), "
-        "`cloudevents` (CloudEvents 1.0 JSON), `envelope` (a flat projection for event "
-        "buses), `raw` (the record as received).",
-        choices=("minio", "records", "cloudevents", "envelope", "raw"),
-    ),
-    Option("batch_size", "int", 100, "Most events handed to the sink at once."),
-    Option("batch_bytes", "size", 4 * 1024**2, "Most record bytes handed to the sink at once."),
-    Option("batch_wait", "duration", 0.0, "How long a partial batch may wait for more events."),
-    Option(
-        "concurrency",
-        "int",
-        4,
-        "Events of a batch in flight at once; events of one (bucket, key) always leave in order.",
-    ),
-    Option("timeout", "duration", 10.0, "Per-request timeout."),
-    Option(
-        "max_attempts",
-        "int",
-        0,
-        "Attempts before an event that keeps failing with a "
-        "retryable error is dead-lettered; 0 = never (an outage never fills the DLQ).",
-    ),
-    Option(
-        "max_age", "duration", 0.0, "Age after which a failing event is dead-lettered; 0 = never."
-    ),
-    Option(
-        "backoff_max",
-        "duration",
-        30.0,
-        "Longest wait between attempts (exponential "
-        "backoff with full jitter, persisted across restarts).",
-    ),
-)
+# Sink keys are declared once, as the typed fields of a msgspec Struct: SinkConfig holds
+# the keys every sink takes, each sink subclasses it with its own (and may redeclare a
+# common key to give it its own meaning, as MinIO's SQL and Redis targets do with FORMAT).
+# The field's type says how the env text is read (bool, int, str, tuple[str, ...] for a
+# list, Literal[...] for a choice, Duration, Size); `Key` says the rest. OPTIONS, the
+# reference, `relay check` and every error message come from these declarations.
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a sink key's type does not say: its documentation and how it is spelt in env."""
+
+    doc: str
+    secret: bool = False
+    required: bool = False
+    env_key: str = ""  # env spelling when it differs from the field name upper-cased
+    aliases: tuple[str, ...] = ()  # another store's env spelling of the same key
+
+
+@dataclass(frozen=True)
+class _Unit:
+    kind: str
+
+
+Duration = Annotated[float, _Unit("duration")]  # seconds, from `500ms`, `5s`, `2m`, …
+Size = Annotated[int, _Unit("size")]  # bytes, from `512KiB`, `8MiB`, …
+
+
+class SinkConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """The keys every sink takes: the relay's delivery policy, plus the stores' own
+    bookkeeping keys (accepted so a target block moves over unchanged; the relay's log
+    replaces their queue)."""
+
+    enable: Annotated[bool, Key("Creates the sink (`on`).")] = False
+    comment: Annotated[str, Key("Free text, ignored.")] = ""
+    queue_dir: Annotated[
+        str, Key("Accepted for compatibility and ignored: the relay's log is the queue.")
+    ] = ""
+    queue_limit: Annotated[int, Key("Accepted for compatibility and ignored.")] = 0
+    format: Annotated[
+        Literal["minio", "records", "cloudevents", "envelope", "raw"],
+        Key(
+            "Payload shape: `minio` ({EventName, Key, Records}), `records` ({Records}), "
+            "`cloudevents` (CloudEvents 1.0 JSON), `envelope` (a flat projection for event "
+            "buses), `raw` (the record as received)."
+        ),
+    ] = "minio"
+    batch_size: Annotated[int, Key("Most events handed to the sink at once.")] = 100
+    batch_bytes: Annotated[Size, Key("Most record bytes handed to the sink at once.")] = 4 * 1024**2
+    batch_wait: Annotated[Duration, Key("How long a partial batch may wait for more events.")] = 0.0
+    concurrency: Annotated[
+        int,
+        Key(
+            "Events of a batch in flight at once; events of one (bucket, key) always leave "
+            "in order."
+        ),
+    ] = 4
+    timeout: Annotated[Duration, Key("Per-request timeout.")] = 10.0
+    max_attempts: Annotated[
+        int,
+        Key(
+            "Attempts before an event that keeps failing with a retryable error is "
+            "dead-lettered; 0 = never (an outage never fills the DLQ)."
+        ),
+    ] = 0
+    max_age: Annotated[
+        Duration, Key("Age after which a failing event is dead-lettered; 0 = never.")
+    ] = 0.0
+    backoff_max: Annotated[
+        Duration,
+        Key(
+            "Longest wait between attempts (exponential backoff with full jitter, persisted "
+            "across restarts)."
+        ),
+    ] = 30.0
+    max_parked: Annotated[
+        int,
+        Key(
+            "Most events waiting behind a failing event of their own object (parked) while "
+            "the sink's other objects go on; past it the sink holds at the next failing "
+            "event until parked objects drain."
+        ),
+    ] = 10_000
+    stale: Annotated[
+        Literal["auto", "deliver", "flag", "drop"],
+        Key(
+            "An event older (by its sequencer) than one the sink already has of the same "
+            "object: `deliver` it as it is, `flag` it (a field of the payload, `Relay-Stale: "
+            "true` on webhooks) or `drop` it (counted, not sent). `auto`: `drop` for a SQL "
+            "table in namespace format, whose rows must never go back in time, `flag` "
+            "elsewhere."
+        ),
+    ] = "auto"
+
+
+def options_of(config: type[SinkConfig]) -> tuple[Option, ...]:
+    """The Options a SinkConfig class declares (its fields, the common ones first)."""
+    hints = get_type_hints(config, include_extras=True)
+    options = []
+    for f in msgspec.structs.fields(config):
+        base, *extras = get_args(hints[f.name]) or (hints[f.name],)
+        while get_origin(base) is Annotated:  # Duration/Size inside Annotated[..., Key]
+            base, *more = get_args(base)
+            extras += more
+        key = next((m for m in extras if isinstance(m, Key)), None)
+        if key is None:
+            raise TypeError(f"{config.__name__}.{f.name} has no Key(...) declaration")
+        unit = next((m.kind for m in extras if isinstance(m, _Unit)), None)
+        choices: tuple[str, ...] = ()
+        if unit is not None:
+            kind = unit
+        elif get_origin(base) is Literal:
+            kind, choices = "choice", tuple(get_args(base))
+        else:
+            kind = {bool: "bool", int: "int", str: "str", float: "duration"}.get(base, "list")
+        option = Option(f.name, kind, f.default, key.doc, key.secret, key.required, choices,
+                        key.env_key, key.aliases)  # fmt: skip
+        options.append(option)
+    return tuple(options)
+
+
+COMMON_OPTIONS: tuple[Option, ...] = options_of(SinkConfig)
 
 ENV_PREFIXES = ("RUSTFS_NOTIFY_", "MINIO_NOTIFY_")
 # Store-wide switches that are not targets; accepted silently.
@@ -416,6 +492,18 @@ class SinkSpec:
 
     def redacted(self) -> dict[str, Any]:
         return {o.key: redact(o, self.options.get(o.key)) for o in self.declared}
+
+    def typed(self, config: builtins.type[C]) -> C:
+        """The option values as the sink's own SinkConfig class."""
+        return msgspec.convert(self.options, config)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The keys declared secret (their values are never shown)."""
+        return tuple(o.key for o in self.declared if o.secret)
+
+
+C = TypeVar("C", bound=SinkConfig)
 
 
 def sink_options(own: Sequence[Option]) -> tuple[Option, ...]:
@@ -524,7 +612,7 @@ def _make_spec(
         for option in options:
             if option.required and not values[option.key]:
                 raise ConfigError(f"{spec.variable(option.key)}: required for the sink {spec.name}")
-        for key in ("batch_size", "concurrency"):
+        for key in ("batch_size", "concurrency", "max_parked"):
             if values[key] < 1:
                 raise ConfigError(f"{spec.variable(key)}: must be at least 1")
     return spec

@@ -64,6 +64,44 @@ def make_event_id(event: Event) -> str:
 
 # MinIO names tagging changes as creations; AWS and RustFS have their own family for them.
 # The AWS form is canonical so that one rule catches both senders.
+# -- order of an object's events ------------------------------------------------------------------
+
+ORDER_WIDTH = 64  # longer than any sequencer seen (MinIO/RustFS 16 hex digits, AWS ~18)
+_HEX = frozenset("0123456789ABCDEF")
+_CEPH_DIALECTS = ("ceph", "cloudevents")  # Ceph is the only sender of CloudEvents
+
+
+def order_token(event: Event) -> str | None:
+    """A string that sorts this event among the events of its object the way the sender's
+    sequencer says they happened; None when the event has no usable sequencer (AWS tagging
+    and ACL events, audit entries).
+
+    - MinIO, RustFS, AWS: hex, "greater is later" once the shorter of two is right-padded
+      with `0` (AWS's documented rule; MinIO and RustFS write `%X` of the object's mtime in
+      ns). Padding every sequencer to one width lets a plain string comparison do it.
+    - Ceph RGW: the hex dump of a little-endian `utime_t{u32 sec, u32 nsec}`
+      (src/rgw/driver/rados/rgw_notify.cc), which does not sort as written; decoded to `sec`
+      then `nsec` in fixed-width hex, it does.
+    Equal tokens are the same moment: MinIO and RustFS give every GET, HEAD and tagging
+    event of a version the version's own sequencer."""
+    sequencer = (event.sequencer or "").strip().upper()
+    if not sequencer or not _HEX.issuperset(sequencer):
+        return None
+    if event.dialect in _CEPH_DIALECTS and len(sequencer) == 16:
+        raw = bytes.fromhex(sequencer)
+        sec = int.from_bytes(raw[:4], "little")
+        nsec = int.from_bytes(raw[4:], "little")
+        return f"{sec:08X}{nsec:08X}"
+    return sequencer.ljust(ORDER_WIDTH, "0")
+
+
+def lane(event: Event) -> tuple[str, str]:
+    """The object an event is about; its events keep their order per lane."""
+    return (event.bucket, event.key)
+
+
+# -- event names ---------------------------------------------------------------------------------
+
 _ALIASES = {
     "s3:ObjectCreated:PutTagging": "s3:ObjectTagging:Put",
     "s3:ObjectCreated:DeleteTagging": "s3:ObjectTagging:Delete",

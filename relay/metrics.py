@@ -64,6 +64,19 @@ DELIVERY_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )  # fmt: skip
+RESENDS = Counter(
+    "relay_resends_total",
+    "Events the target had acknowledged that were sent again after an earlier event of the "
+    "same object that had failed (per-object order; the event id makes most targets drop "
+    "the repeat).",
+    ["sink"], registry=REGISTRY,
+)  # fmt: skip
+EVENTS_STALE = Counter(
+    "relay_events_stale_total",
+    "Events older than one the sink already had of the same object, by what STALE did: "
+    "deliver, flag, drop.",
+    ["sink", "action"], registry=REGISTRY,
+)  # fmt: skip
 RETRIES = Counter(
     "relay_retries_total", "Retryable failures, each followed by a scheduled retry.",
     ["sink"], registry=REGISTRY,
@@ -129,15 +142,23 @@ class LogCollector(Collector):
             labels=["sink"],
         )  # fmt: skip
         dead = GaugeMetricFamily("relay_dead_letters", "Dead letters per sink.", labels=["sink"])
+        parked = GaugeMetricFamily(
+            "relay_sink_parked",
+            "Events waiting behind a failing event of their own object while the sink's other "
+            "objects go on.",
+            labels=["sink"],
+        )  # fmt: skip
         counts = stats.dead_letter_counts(conn)
         for sink in self.sinks:
             s = stats.sink_stats(conn, sink)
             pending.add_metric([sink], s.pending)
             oldest.add_metric([sink], max(0.0, now - s.oldest) if s.oldest else 0.0)
             dead.add_metric([sink], counts.get(sink, 0))
+            parked.add_metric([sink], s.parked)
         yield pending
         yield oldest
         yield dead
+        yield parked
         yield GaugeMetricFamily(
             "relay_quarantined", "Bodies in quarantine.", value=stats.quarantine_count(conn)
         )
@@ -150,6 +171,7 @@ def install(log: Log, sinks: Sequence[str]) -> None:
         for outcome in ("delivered", "retry", "dead_letter"):
             DELIVERIES.labels(sink, outcome)
         RETRIES.labels(sink)
+        RESENDS.labels(sink)
 
 
 def render() -> bytes:

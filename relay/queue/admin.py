@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from relay.config import parse_duration
-from relay.events import Event, Unparseable, parse_body
+from relay.events import Event, Unparseable, lane, order_token, parse_body
 from relay.queue.log import LogEntry, entry_from_row, event_row
 from relay.queue.queries import Q
 
@@ -106,13 +106,61 @@ def retry_dead_letters_tx(
     progress: Progress = _no_progress,
 ) -> int:  # fmt: skip
     """Queue dead letters (one, a sink's, or all) for redelivery to their sink; the
-    dead-letter rows go away. Inside the caller's transaction."""
+    dead-letter rows go away. Inside the caller's transaction. Each carries the newest
+    order token its object has had at the sink since (stale check)."""
     rows = conn.execute(Q["dead_letters_for_retry"], (dlq_id, dlq_id, sink, sink)).fetchall()
+    newer: dict[tuple[str, int], str | None] = {}
+    by_sink: dict[str, list[int]] = {}
+    for _, row_sink, seq in rows:
+        by_sink.setdefault(row_sink, []).append(seq)
+    for row_sink, seqs in by_sink.items():
+        for seq, token in newer_tokens(conn, row_sink, seqs).items():
+            newer[(row_sink, seq)] = token
     for done, (row_id, row_sink, seq) in enumerate(rows, 1):
-        conn.execute(Q["requeue_dead_letter"], (row_sink, seq))
+        conn.execute(
+            Q["requeue_dead_letter"],
+            {"sink": row_sink, "seq": seq, "newer": newer.get((row_sink, seq))},
+        )
         conn.execute(Q["delete_dead_letter"], (row_id,))
         progress(done, len(rows))
     return len(rows)
+
+
+def newer_tokens(
+    conn: sqlite3.Connection,
+    sink: str,
+    seqs: Sequence[int],
+    accept: Callable[[LogEntry], bool] | None = None,
+) -> dict[int, str | None]:
+    """For events about to be sent to `sink` again: the newest order token of the same
+    object among the events the sink has had since each of them (None: nothing newer), so
+    delivery can tell a stale one. One pass over the log from the oldest of them to the
+    sink's cursor. `accept`: the sink's rules (an event they keep away was not had)."""
+    if not seqs:
+        return {}
+    again = [entry_from_row(r) for r in conn.execute(Q["entries_by_seq"], {"seqs": _ids(seqs)})]
+    objects = sorted({lane(e.event) for e in again})
+    later = [
+        entry_from_row(r)
+        for r in conn.execute(
+            Q["later_events_of"],
+            {"sink": sink, "after": min(seqs), "objects": json.dumps(objects)},
+        )
+    ]
+    tokens: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for entry in later:
+        token = order_token(entry.event)
+        if token is not None and (accept is None or accept(entry)):
+            tokens.setdefault(lane(entry.event), []).append((entry.seq, token))
+    result: dict[int, str | None] = {}
+    for entry in again:
+        after = [t for seq, t in tokens.get(lane(entry.event), ()) if seq > entry.seq]
+        result[entry.seq] = max(after, default=None)
+    return result
+
+
+def _ids(seqs: Sequence[int]) -> str:
+    return json.dumps([int(seq) for seq in seqs])
 
 
 def retry_dead_letters(
@@ -237,13 +285,24 @@ def replay_selection(
 
 
 def queue_redeliveries_tx(
-    conn: sqlite3.Connection, sink: str, seqs: Sequence[int], reason: str = "replay"
+    conn: sqlite3.Connection,
+    sink: str,
+    seqs: Sequence[int],
+    reason: str = "replay",
+    newer: Mapping[int, str | None] | None = None,
 ) -> int:
     """Queue events for redelivery to `sink` (any configured sink, not only the one that
     got them first), inside the caller's transaction; events no longer in the log and
-    those already queued are skipped. Returns how many were queued."""
+    those already queued are skipped. `newer`: from `newer_tokens`. Returns how many were
+    queued."""
     insert = Q["insert_redelivery_if_present"]
-    return sum(conn.execute(insert, (sink, reason, seq)).rowcount for seq in seqs)
+    tokens = newer or {}
+    return sum(
+        conn.execute(
+            insert, {"sink": sink, "reason": reason, "seq": seq, "newer": tokens.get(seq)}
+        ).rowcount
+        for seq in seqs
+    )
 
 
 def replay(
@@ -259,7 +318,8 @@ def replay(
     """Select and queue in one transaction (the CLI)."""
     with transaction(conn):
         seqs = replay_selection(conn, since, until, bucket, prefix, accept, progress)
-        return queue_redeliveries_tx(conn, sink, seqs)
+        newer = newer_tokens(conn, sink, seqs, accept)
+        return queue_redeliveries_tx(conn, sink, seqs, newer=newer)
 
 
 def parse_when(text: str, now: float) -> float:

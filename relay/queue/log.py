@@ -60,6 +60,9 @@ class LogEntry:
     seq: int
     received_at: float
     event: Event
+    # Set by delivery for one sink: the sink already has a newer event of the object
+    # (relay/delivery/stale.py); payload formats mark it.
+    stale: bool = False
 
 
 @dataclass(slots=True)
@@ -70,13 +73,30 @@ class AppendResult:
 
 @dataclass(slots=True)
 class Settlement:
-    """What one dispatch round did to a sink's share of the log, written in one transaction."""
+    """What one delivery round did to a sink's share of the log, written in one transaction
+    (relay/delivery/plan.py decides it)."""
 
     sink: str
-    cursor: int | None = None  # every seq <= this is done for the sink
-    delivered_redeliveries: list[int] = field(default_factory=list)
+    cursor: int | None = None  # every seq <= this is done, parked or not for the sink
+    done: list[int] = field(default_factory=list)  # redeliveries and parked events finished
     dead: list[tuple[int, int, str]] = field(default_factory=list)  # (seq, attempts, error)
-    retry: tuple[int, int, float, float, str] | None = None  # seq, attempts, first, next, error
+    park: list[int] = field(default_factory=list)  # wait for an earlier event of their object
+    # the schedules of failing events: (seq, attempts, first failure, next attempt, error)
+    retries: list[tuple[int, int, float, float, str]] = field(default_factory=list)
+
+    @property
+    def plain(self) -> bool:
+        """Only a cursor advance: nothing a next round would read back."""
+        return self.cursor is not None and not (self.done or self.dead or self.park or self.retries)
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedRow:
+    seq: int
+    bucket: str
+    key: str
+    attempts: int | None  # the retry schedule, for the first parked event of an object
+    next_at: float | None
 
 
 @dataclass(slots=True)
@@ -294,8 +314,22 @@ class Log:
         rows = self.reader().execute(Q["events_after"], (seq, limit)).fetchall()
         return [entry_from_row(r) for r in rows]
 
-    def redeliveries(self, sink: str, limit: int) -> list[LogEntry]:
+    def redeliveries(self, sink: str, limit: int) -> list[tuple[LogEntry, str | None]]:
+        """Queued redeliveries (not parked ones), each with its object's `newer` token."""
         rows = self.reader().execute(Q["redeliveries_for"], (sink, limit)).fetchall()
+        return [(entry_from_row(r), r[20]) for r in rows]
+
+    def parked(self, sink: str) -> list[ParkedRow]:
+        cur = self.reader().execute(Q["parked_for"], {"sink": sink})
+        return [ParkedRow(*row) for row in cur]
+
+    def entries(self, seqs: Sequence[int]) -> list[LogEntry]:
+        rows = self.reader().execute(Q["entries_by_seq"], {"seqs": _json_array(seqs)})
+        return [entry_from_row(r) for r in rows]
+
+    def entries_before(self, seq: int, limit: int) -> list[LogEntry]:
+        """The last `limit` events up to `seq`, newest first."""
+        rows = self.reader().execute(Q["entries_before"], {"seq": seq, "limit": limit})
         return [entry_from_row(r) for r in rows]
 
     def cursor(self, sink: str) -> int:
@@ -304,6 +338,11 @@ class Log:
 
     def retry_state(self, sink: str, seq: int) -> tuple[int, float, float, str] | None:
         return self.reader().execute(Q["get_retry"], (sink, seq)).fetchone()
+
+    def retry_states(self, sink: str, seqs: Sequence[int]) -> dict[int, tuple[int, float]]:
+        """seq → (attempts, first failure) of those with a retry schedule."""
+        cur = self.reader().execute(Q["retries_by_seq"], {"sink": sink, "seqs": _json_array(seqs)})
+        return {seq: (attempts, first_at) for seq, attempts, first_at in cur}
 
     # -- wake-ups -----------------------------------------------------------------------------
 
@@ -619,14 +658,20 @@ def _settle(conn: sqlite3.Connection, s: Settlement) -> None:
         conn.execute(Q["insert_dead_letter"], (s.sink, seq, attempts, error, now))
         conn.execute(Q["delete_retry"], (s.sink, seq))
         conn.execute(Q["delete_redelivery"], (s.sink, seq))
-    for seq in s.delivered_redeliveries:
+    for seq in s.done:
         conn.execute(Q["delete_redelivery"], (s.sink, seq))
         conn.execute(Q["delete_retry"], (s.sink, seq))
+    for seq in s.park:
+        conn.execute(Q["park"], {"sink": s.sink, "seq": seq})
     if s.cursor is not None:
         conn.execute(Q["advance_cursor"], (s.cursor, now, s.sink))
-        conn.execute(Q["delete_retries_upto"], (s.sink, s.cursor))
-    if s.retry is not None:
-        conn.execute(Q["upsert_retry"], (s.sink, *s.retry))
+        conn.execute(Q["delete_retries_upto"], {"sink": s.sink, "seq": s.cursor})
+    for retry in s.retries:
+        conn.execute(Q["upsert_retry"], (s.sink, *retry))
+
+
+def _json_array(seqs: Sequence[int]) -> str:
+    return "[" + ",".join(str(int(seq)) for seq in seqs) + "]"
 
 
 def event_row(e: Event, received_at: float) -> tuple[Any, ...]:

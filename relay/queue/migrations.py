@@ -37,6 +37,11 @@ def _dedup_in_time_order(db: Database) -> None:
     db.execute(Q["create_dedup_index"])
 
 
+@MIGRATIONS(name="0003_redelivery_newer")
+def _redelivery_newer(db: Database) -> None:
+    db.execute(Q["add_redelivery_newer"])
+
+
 def migrate(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:

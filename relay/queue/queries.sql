@@ -25,11 +25,49 @@ SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, siz
 FROM events WHERE seq > ? ORDER BY seq LIMIT ?;
 
 -- name: redeliveries_for
+-- Events an operator queued again for a sink (dead letters retried, replays), oldest first,
+-- with the column `newer` last; parked events wait on their own schedule instead.
 SELECT e.seq, e.received_at, e.event_id, e.source, e.dialect, e.event_name, e.bucket, e.key,
        e.size, e.etag, e.version_id, e.sequencer, e.event_time, e.principal, e.source_ip,
-       e.user_agent, e.request_id, e.sender_event_id, e.attrs, e.record
+       e.user_agent, e.request_id, e.sender_event_id, e.attrs, e.record, r.newer
 FROM redeliveries r JOIN events e ON e.seq = r.seq
-WHERE r.sink = ? ORDER BY r.seq LIMIT ?;
+WHERE r.sink = ? AND r.reason != 'parked' ORDER BY r.seq LIMIT ?;
+
+-- name: parked_for
+-- A sink's parked events (each waits for an earlier event of its object), with the retry
+-- schedule of those that head their object's queue.
+SELECT r.seq, e.bucket, e.key, t.attempts, t.next_at
+FROM redeliveries r
+JOIN events e ON e.seq = r.seq
+LEFT JOIN retries t ON t.sink = r.sink AND t.seq = r.seq
+WHERE r.sink = :sink AND r.reason = 'parked'
+ORDER BY r.seq;
+
+-- name: entries_by_seq
+-- The events whose seqs are in the JSON array :seqs, in seq order.
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events WHERE seq IN (SELECT value FROM json_each(:seqs)) ORDER BY seq;
+
+-- name: entries_before
+-- The last :limit events up to and including :seq, newest first (to learn what a sink has
+-- recently had of each object).
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events WHERE seq <= :seq ORDER BY seq DESC LIMIT :limit;
+
+-- name: retries_by_seq
+-- Attempts so far of the events whose seqs are in the JSON array :seqs.
+SELECT seq, attempts, first_at FROM retries
+WHERE sink = :sink AND seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: park
+-- An event waits for an earlier event of its object; a redelivery of it (a dead letter
+-- retried, a replay) becomes a parked one.
+INSERT INTO redeliveries (sink, seq, reason) VALUES (:sink, :seq, 'parked')
+ON CONFLICT (sink, seq) DO UPDATE SET reason = 'parked';
 
 -- name: orphan_redeliveries
 -- Redeliveries whose event was purged meanwhile; the dispatcher drops them.
@@ -60,7 +98,10 @@ ON CONFLICT (sink, seq) DO UPDATE SET
 DELETE FROM retries WHERE sink = ? AND seq = ?;
 
 -- name: delete_retries_upto
-DELETE FROM retries WHERE sink = ? AND seq <= ?;
+-- The cursor passed them; a parked event keeps its schedule.
+DELETE FROM retries
+WHERE sink = :sink AND seq <= :seq
+  AND seq NOT IN (SELECT seq FROM redeliveries WHERE sink = :sink);
 
 -- name: insert_dead_letter
 INSERT INTO dead_letters (sink, seq, attempts, error, at) VALUES (?, ?, ?, ?, ?);
@@ -80,11 +121,14 @@ SELECT seq FROM events WHERE received_at >= ? ORDER BY seq LIMIT 1;
 
 -- name: prune_range
 -- Range delete of delivered events past retention; rows a dead letter or redelivery still
--- needs are kept.
+-- needs are kept, and so are the other events of an object with a dead letter: retrying it
+-- checks them to tell whether the sink has since had a newer event of the object (stale).
 DELETE FROM events
 WHERE seq > ? AND seq <= ?
   AND seq NOT IN (SELECT seq FROM dead_letters)
-  AND seq NOT IN (SELECT seq FROM redeliveries);
+  AND seq NOT IN (SELECT seq FROM redeliveries)
+  AND (bucket, key) NOT IN (
+      SELECT o.bucket, o.key FROM dead_letters d JOIN events o ON o.seq = d.seq);
 
 -- name: min_event_seq
 SELECT coalesce(min(seq), 0) FROM events;
@@ -94,8 +138,8 @@ SELECT coalesce(min(seq), 0) FROM events;
 SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1;
 
 -- name: redelivery_stats
-SELECT count(*), min(e.received_at)
-FROM redeliveries r JOIN events e ON e.seq = r.seq WHERE r.sink = ?;
+SELECT count(*), count(*) FILTER (WHERE r.reason = 'parked'), min(e.received_at)
+FROM redeliveries r JOIN events e ON e.seq = r.seq WHERE r.sink = :sink;
 
 -- name: dead_letter_counts
 SELECT sink, count(*) FROM dead_letters GROUP BY sink;
@@ -118,7 +162,8 @@ SELECT id, sink, seq FROM dead_letters
 WHERE (? IS NULL OR id = ?) AND (? IS NULL OR sink = ?);
 
 -- name: requeue_dead_letter
-INSERT OR IGNORE INTO redeliveries (sink, seq, reason) VALUES (?, ?, 'dlq-retry');
+INSERT OR IGNORE INTO redeliveries (sink, seq, reason, newer)
+VALUES (:sink, :seq, 'dlq-retry', :newer);
 
 -- name: delete_dead_letter
 DELETE FROM dead_letters WHERE id = ?;
@@ -152,8 +197,24 @@ SELECT sink, seq, updated_at FROM cursors ORDER BY sink;
 -- name: insert_redelivery_if_present
 -- An operator's redelivery (replay from the admin API): only for an event still in the log,
 -- as retention may have pruned it between the selection and this write.
-INSERT OR IGNORE INTO redeliveries (sink, seq, reason)
-SELECT ?, seq, ? FROM events WHERE seq = ?;
+INSERT OR IGNORE INTO redeliveries (sink, seq, reason, newer)
+SELECT :sink, seq, :reason, :newer FROM events WHERE seq = :seq;
+
+-- name: later_events_of
+-- What a sink has had of some objects since :after: their events up to its cursor that it
+-- neither dead-lettered nor still waits to send. :objects is a JSON array of
+-- [bucket, key] pairs. (Before rules: the caller applies the sink's.)
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events
+WHERE seq > :after
+  AND seq <= (SELECT seq FROM cursors WHERE sink = :sink)
+  AND (bucket, key) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+                        FROM json_each(:objects))
+  AND seq NOT IN (SELECT seq FROM dead_letters WHERE sink = :sink)
+  AND seq NOT IN (SELECT seq FROM redeliveries WHERE sink = :sink)
+ORDER BY seq;
 
 -- name: replay_count
 -- How many events a replay scans (for the CLI's progress bar).
@@ -174,3 +235,11 @@ DROP INDEX IF EXISTS events_event_id;
 
 -- name: create_dedup_index
 CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events (coalesce(event_time, ''), event_id);
+
+-- Schema version 3: per-object order. A redelivery carries `newer`, the newest order token
+-- (relay/delivery/stale.py) of its object that the sink had when it was queued again, so a
+-- retried dead letter or a replay that the sink has since seen superseded is known stale.
+-- Parked events (reason 'parked') are redeliveries too.
+
+-- name: add_redelivery_newer
+ALTER TABLE redeliveries ADD COLUMN newer TEXT;

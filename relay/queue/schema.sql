@@ -63,12 +63,13 @@ CREATE TABLE dead_letters (
 CREATE INDEX dead_letters_sink ON dead_letters (sink, seq);
 CREATE INDEX dead_letters_seq ON dead_letters (seq);
 
--- Events to hand to a sink again, ahead of its cursor: dead letters being retried and
--- operator replays. The dispatcher drains these before new events.
+-- Events to hand to a sink outside its cursor's order: dead letters being retried and
+-- operator replays (drained before new events), and, from schema version 3, parked events
+-- (waiting for an earlier event of their object; `newer` is added by version 3 too).
 CREATE TABLE redeliveries (
     sink   TEXT    NOT NULL,
     seq    INTEGER NOT NULL,
-    reason TEXT    NOT NULL,  -- "dlq-retry" | "replay"
+    reason TEXT    NOT NULL,  -- "dlq-retry" | "replay" | "parked"
     PRIMARY KEY (sink, seq)
 ) WITHOUT ROWID;
 CREATE INDEX redeliveries_seq ON redeliveries (seq);

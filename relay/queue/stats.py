@@ -14,7 +14,8 @@ class SinkStats:
     cursor: int
     pending: int  # events past the cursor (before rules) + queued redeliveries
     oldest: float | None  # received_at of the oldest pending event
-    redeliveries: int
+    redeliveries: int  # queued again: dead letters retried, replays, and parked events
+    parked: int  # waiting behind a failing event of their own object
 
 
 def sink_stats(conn: sqlite3.Connection, sink: str) -> SinkStats:
@@ -24,10 +25,12 @@ def sink_stats(conn: sqlite3.Connection, sink: str) -> SinkStats:
     # seqs are never reused and only done rows are pruned, so this is exact and O(1)
     after = max(0, max_seq - cursor)
     oldest_row = conn.execute(Q["oldest_after"], (cursor,)).fetchone()
-    redeliveries, oldest_redelivery = conn.execute(Q["redelivery_stats"], (sink,)).fetchone()
+    redeliveries, parked, oldest_redelivery = conn.execute(
+        Q["redelivery_stats"], {"sink": sink}
+    ).fetchone()
     candidates = [t for t in (oldest_row and oldest_row[0], oldest_redelivery) if t]
     return SinkStats(
-        sink, cursor, after + redeliveries, min(candidates, default=None), redeliveries
+        sink, cursor, after + redeliveries, min(candidates, default=None), redeliveries, parked
     )
 
 

@@ -3,8 +3,9 @@ so a relay that only forwards to a webhook never imports a Kafka client.
 
 Sink types come from the `s3_notify_relay.sinks` entry-point group: the built-in ones are
 registered there by this package's own metadata (pyproject.toml), third-party packages add
-theirs the same way. A sink module has `OPTIONS` (its keys, documented where declared) and
-`create(spec) -> Sink` (see relay/sinks/base.py).
+theirs the same way. A sink module has `Config` (a relay.config.SinkConfig subclass: its
+keys, typed and documented where declared; or `OPTIONS`, a tuple of relay.config.Option)
+and `create(spec) -> Sink` (see relay/sinks/base.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from types import ModuleType
 
-from relay.config import ConfigError, Option, SinkSpec
+from relay.config import ConfigError, Option, SinkSpec, options_of
 from relay.sinks.base import Sink
 
 log = logging.getLogger("relay.sinks")
@@ -66,17 +67,22 @@ def module(sink_type: str) -> ModuleType:
         loaded = importlib.import_module(path)
     except ImportError as exc:
         raise ConfigError(f"the {sink_type} sink cannot be loaded from {path}: {exc}") from None
-    if not hasattr(loaded, "OPTIONS") or not callable(getattr(loaded, "create", None)):
-        raise ConfigError(f"{path} is not a sink module (it needs OPTIONS and create(spec))")
+    declares = hasattr(loaded, "Config") or hasattr(loaded, "OPTIONS")
+    if not declares or not callable(getattr(loaded, "create", None)):
+        raise ConfigError(f"{path} is not a sink module (it needs Config and create(spec))")
     return loaded
+
+
+def options(loaded: ModuleType) -> Sequence[Option]:
+    declared: Sequence[Option] | None = getattr(loaded, "OPTIONS", None)
+    return declared if declared is not None else options_of(loaded.Config)
 
 
 class _DeclaredOptions(Mapping[str, Sequence[Option]]):
     """Sink type → its OPTIONS, importing a sink module only when its type is asked for."""
 
     def __getitem__(self, sink_type: str) -> Sequence[Option]:
-        options: Sequence[Option] = module(sink_type).OPTIONS
-        return options
+        return options(module(sink_type))
 
     def __iter__(self) -> Iterator[str]:
         return iter(registry())

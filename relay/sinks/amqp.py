@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
@@ -49,7 +48,7 @@ from yarl import URL
 
 from relay.config import ConfigError, Option, SinkSpec
 from relay.queue.log import LogEntry
-from relay.sinks.base import Health, Permanent, Result, Retryable, send_each
+from relay.sinks.base import Health, Permanent, Retryable
 from relay.sinks.formats import content_type, render
 from relay.sinks.template import render_template, validate_template
 from relay.sinks.tls import client_context
@@ -311,15 +310,12 @@ class AmqpSink:
     async def start(self) -> None:
         await self._ready()
 
-    async def send(self, batch: Sequence[LogEntry]) -> list[Result]:
+    async def send_event(self, entry: LogEntry) -> None:
         await self._ready()
         connection = self.connection
         if connection is not None and not connection.connected.is_set():
             # the robust connection is reconnecting: every publish would only wait for it
             raise Retryable(f"connection to {self.shown_url} lost; reconnecting")
-        return await send_each(batch, self._publish, self.concurrency)
-
-    async def _publish(self, entry: LogEntry) -> None:
         exchange = self.exchange
         if exchange is None:
             raise Retryable(f"not connected to {self.shown_url}")

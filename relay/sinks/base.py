@@ -14,8 +14,7 @@ the whole batch failed that way (broker unreachable, serialisation error for all
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -34,6 +33,13 @@ class Retryable(DeliveryError):
 
 class Permanent(DeliveryError):
     """Trying again cannot help: 4xx, serialisation, schema. The event is dead-lettered."""
+
+
+class NotSent(Retryable):
+    """Held back: an earlier event of the same object failed, and this one must follow it."""
+
+    def __init__(self, why: str = "not sent: an earlier event of this object failed") -> None:
+        super().__init__(why)
 
 
 Result = DeliveryError | None
@@ -61,53 +67,6 @@ class Sink(Protocol):
         ...
 
 
-async def send_each(
-    batch: Sequence[LogEntry],
-    deliver: Callable[[LogEntry], Awaitable[None]],
-    concurrency: int,
-) -> list[Result]:
-    """Deliver entries one by one, up to `concurrency` at once, keeping the order of the
-    entries of one (bucket, key): each key is a lane, lanes run in parallel, and a lane
-    stops at its first failure so a later event of that object never overtakes it."""
-    results: list[Result] = [None] * len(batch)
-    if concurrency == 1:
-        # strictly in seq order: nothing overtakes a failed event
-        await _run_lane(batch, list(range(len(batch))), deliver, results, None)
-        return results
-    lanes: dict[tuple[str, str], list[int]] = {}
-    for index, entry in enumerate(batch):
-        lanes.setdefault((entry.event.bucket, entry.event.key), []).append(index)
-    gate = asyncio.Semaphore(concurrency)
-    await asyncio.gather(*(_run_lane(batch, ix, deliver, results, gate) for ix in lanes.values()))
-    return results
-
-
-async def _run_lane(
-    batch: Sequence[LogEntry],
-    indexes: list[int],
-    deliver: Callable[[LogEntry], Awaitable[None]],
-    results: list[Result],
-    gate: asyncio.Semaphore | None,
-) -> None:
-    for position, index in enumerate(indexes):
-        try:
-            if gate is None:
-                await deliver(batch[index])
-            else:
-                async with gate:
-                    await deliver(batch[index])
-        except DeliveryError as exc:
-            results[index] = exc
-        except Exception as exc:  # a bug or an unclassified client error
-            results[index] = Retryable(f"{type(exc).__name__}: {exc}")
-        failure = results[index]
-        if failure is not None:
-            skipped = Retryable(f"not sent: an earlier event failed ({exc_text(failure)})")
-            for later in indexes[position + 1 :]:
-                results[later] = skipped
-            return
-
-
 def event_time(entry: LogEntry) -> datetime:
     """The record's eventTime (RFC 3339, any precision) in UTC; when it is absent, cannot be
     read or is a zero value (year 1 from Go), the time the relay received the event."""
@@ -131,3 +90,12 @@ def object_name(entry: LogEntry) -> str:
 
 def exc_text(exc: BaseException | None) -> str:
     return "" if exc is None else (str(exc) or type(exc).__name__)
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` for an error of a client library; our own errors as they are."""
+    if isinstance(exc, DeliveryError):
+        return exc_text(exc)
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and text != name else name

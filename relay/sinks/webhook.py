@@ -10,7 +10,6 @@ stable across retries and replays, so a receiver can drop duplicates.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -18,7 +17,7 @@ import aiohttp
 from relay import __version__, signing
 from relay.config import ConfigError, Option, SinkSpec
 from relay.queue.log import LogEntry
-from relay.sinks.base import Health, Permanent, Result, Retryable, send_each
+from relay.sinks.base import Health, Permanent, Retryable
 from relay.sinks.formats import cloudevent_headers, content_type, render
 from relay.sinks.tls import client_context
 
@@ -117,10 +116,7 @@ class WebhookSink:
                 headers=self.headers,
             )
 
-    async def send(self, batch: Sequence[LogEntry]) -> list[Result]:
-        return await send_each(batch, self._post, self.concurrency)
-
-    async def _post(self, entry: LogEntry) -> None:
+    async def send_event(self, entry: LogEntry) -> None:
         assert self.session is not None, "start() first"
         if self.binary:
             body = entry.event.record
@@ -129,6 +125,8 @@ class WebhookSink:
             body = render(entry, self.format)
             headers = {}
         headers["webhook-id"] = entry.event.event_id
+        if entry.stale:
+            headers["Relay-Stale"] = "true"
         if self.signing_keys:
             headers.update(signing.sign(self.signing_keys, entry.event.event_id, body))
         try:

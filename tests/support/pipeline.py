@@ -11,7 +11,7 @@ from pathlib import Path
 
 from relay import sinks
 from relay.config import load_sinks
-from relay.dispatch import Dispatcher, Policy
+from relay.delivery.dispatcher import Dispatcher, Policy
 from relay.events import Event, parse_body
 from relay.queue import stats
 from relay.queue.log import Log

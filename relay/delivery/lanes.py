@@ -1,0 +1,54 @@
+"""Per-object lanes: how a batch reaches a sink without an object's events overtaking each
+other.
+
+A sink either sends one event at a time (`send_event`: webhook, AMQP, MQTT) or a whole batch
+(`send_batch`: Kafka, JetStream, Redis, SQL, the audit trails). For the first kind the lanes
+are run here: each object's events in order, one after the other, lanes side by side up to
+the sink's concurrency, and a lane stops at its first failure so nothing of that object is
+sent past it. The second kind hands every event over at once (pipelined), so a later event
+of an object can be acknowledged while an earlier one failed; `plan.py` then sends it again
+after the earlier one and counts the resend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from relay.events import lane
+from relay.queue.log import LogEntry
+from relay.sinks.base import DeliveryError, NotSent, Result, Retryable, describe
+
+
+def by_lane(batch: Sequence[LogEntry]) -> dict[tuple[str, str], list[int]]:
+    """Indexes of the batch per object, each list in batch order."""
+    lanes: dict[tuple[str, str], list[int]] = {}
+    for index, entry in enumerate(batch):
+        lanes.setdefault(lane(entry.event), []).append(index)
+    return lanes
+
+
+async def send_in_lanes(
+    batch: Sequence[LogEntry],
+    deliver: Callable[[LogEntry], Awaitable[None]],
+    concurrency: int,
+) -> list[Result]:
+    results: list[Result] = [None] * len(batch)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def run(indexes: list[int]) -> None:
+        for position, index in enumerate(indexes):
+            try:
+                async with gate:
+                    await deliver(batch[index])
+            except DeliveryError as exc:
+                results[index] = exc
+            except Exception as exc:  # a bug or an unclassified client error
+                results[index] = Retryable(describe(exc))
+            if results[index] is not None:
+                for later in indexes[position + 1 :]:
+                    results[later] = NotSent()
+                return
+
+    await asyncio.gather(*(run(indexes) for indexes in by_lane(batch).values()))
+    return results

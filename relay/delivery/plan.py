@@ -1,0 +1,161 @@
+"""What a round of delivery did, decided without I/O: which events are done, which are
+dead-lettered, which wait for an earlier event of their object (parked), where the cursor
+goes, and what is sent again to keep an object's order.
+
+The rules, per object (lane), in the order the round handed the events over:
+- delivered → done; a permanent failure, or a retryable one past MAX_ATTEMPTS/MAX_AGE →
+  dead letter, and the lane goes on (a dead letter never holds its object back);
+- the first retryable failure blocks the lane: that event gets a persisted retry schedule
+  and it and every later event of the object are parked; a later one the target already
+  acknowledged is sent again after it (a resend, counted).
+A round read from the cursor then moves the cursor past everything it read: the parked
+events wait in the log, per object, on their own schedule, and the other objects go on.
+Two exceptions hold the cursor instead, with a retry schedule for the event it holds at:
+nothing of the round was delivered (the target is down, not one object's events: hold at
+the first failure), or parking would pass the sink's MAX_PARKED (objects are parked in
+order while they fit; hold at the first that does not). Whatever the round sent past that
+point is read and sent again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from relay.delivery.lanes import by_lane
+from relay.queue.log import LogEntry, Settlement
+from relay.sinks.base import NotSent, Permanent, Result, Retryable, exc_text
+
+Source = Literal["cursor", "redelivery", "parked"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_attempts: int = 0
+    max_age: float = 0.0
+    backoff_max: float = 30.0
+    max_parked: int = 10_000
+
+
+@dataclass(slots=True)
+class Round:
+    """One round's events and what became of them."""
+
+    sink: str
+    source: Source
+    sent: list[LogEntry]
+    results: list[Result]
+    held: list[LogEntry] = field(default_factory=list)  # not sent: their object is parked
+    dropped: list[LogEntry] = field(default_factory=list)  # stale, STALE=drop
+    scan_end: int = 0  # cursor rounds: the last seq read (matched or not)
+    prior: dict[int, tuple[int, float]] = field(default_factory=dict)  # seq → attempts, first
+    parked: int = 0  # events of the sink parked before this round
+
+
+@dataclass(slots=True)
+class Outcome:
+    settlement: Settlement
+    delivered: list[LogEntry] = field(default_factory=list)
+    dead: list[tuple[LogEntry, int, str]] = field(default_factory=list)
+    failing: list[tuple[LogEntry, int, float, str]] = field(default_factory=list)  # heads
+    parked: list[LogEntry] = field(default_factory=list)  # waiting after this round
+    dropped: list[LogEntry] = field(default_factory=list)  # stale, not sent (STALE=drop)
+    resends: int = 0  # acknowledged events that will be sent again, after an earlier one
+    held_at: LogEntry | None = None  # the cursor holds before this event
+
+    @property
+    def progressed(self) -> bool:
+        return bool(self.delivered or self.dead)
+
+
+def backoff(attempts: int, cap: float) -> float:
+    """Exponential with full jitter: uniform in [0, min(cap, 2^(attempts-1)) s]."""
+    return random.uniform(0.0, min(cap, 2.0 ** min(max(0, attempts - 1), 62)))
+
+
+def exhausted(limits: Limits, entry: LogEntry, attempts: int, now: float) -> bool:
+    return bool(
+        (limits.max_attempts and attempts >= limits.max_attempts)
+        or (limits.max_age and now - entry.received_at >= limits.max_age)
+    )
+
+
+def unfinished(batch: Sequence[LogEntry], results: Sequence[Result]) -> list[int]:
+    """Indexes to send again in an in-process retry: per object, from its first retryable
+    failure on, acknowledged or not (an acknowledged one must follow the failed one)."""
+    todo: list[int] = []
+    for indexes in by_lane(batch).values():
+        for position, index in enumerate(indexes):
+            if isinstance(results[index], Retryable):
+                todo.extend(indexes[position:])
+                break
+    return sorted(todo)
+
+
+def plan(r: Round, limits: Limits, now: float) -> Outcome:
+    s = Settlement(r.sink)
+    out = Outcome(s)
+    # per failing object: its first failure (the head) and what must follow it
+    failing: list[tuple[tuple[LogEntry, int, float, str], list[tuple[LogEntry, Result]]]] = []
+    for indexes in by_lane(r.sent).values():
+        behind: list[tuple[LogEntry, Result]] | None = None
+        for index in indexes:
+            entry, result = r.sent[index], r.results[index]
+            if behind is not None:
+                behind.append((entry, result))
+                continue
+            if result is None:
+                out.delivered.append(entry)
+                continue
+            attempts, first_at = r.prior.get(entry.seq, (0, now))
+            attempts += 0 if isinstance(result, NotSent) else 1
+            if isinstance(result, Permanent) or exhausted(limits, entry, attempts, now):
+                out.dead.append((entry, max(attempts, 1), exc_text(result)))
+                continue
+            behind = []
+            failing.append(((entry, attempts, first_at, exc_text(result)), behind))
+
+    hold: tuple[LogEntry, int, float, str] | None = None
+    if r.source == "cursor" and failing:
+        failing.sort(key=lambda f: f[0][0].seq)
+        if not out.delivered and not out.dead:
+            hold = failing[0][0]  # nothing went through: the target is down
+        else:
+            room = limits.max_parked - r.parked
+            for index, (head, behind) in enumerate(failing):
+                room -= 1 + len(behind)
+                if room < 0:  # parking this object would pass MAX_PARKED
+                    hold = head
+                    failing = failing[:index]
+                    break
+    if hold is not None:
+        cut = hold[0].seq
+        out.held_at = hold[0]
+        out.delivered = [e for e in out.delivered if e.seq < cut]
+        out.dead = [d for d in out.dead if d[0].seq < cut]
+        out.dropped = [e for e in r.dropped if e.seq < cut]
+        out.resends = sum(1 for e, res in zip(r.sent, r.results) if e.seq > cut and res is None)
+        failing = [f for f in failing if f[0][0].seq < cut]
+        held = [e for e in r.held if e.seq < cut]
+    else:
+        out.dropped = r.dropped
+        held = r.held
+
+    heads = [head for head, _ in failing] + ([hold] if hold is not None else [])
+    for entry, attempts, first_at, error in heads:
+        next_at = now + backoff(attempts, limits.backoff_max)
+        s.retries.append((entry.seq, attempts, first_at, next_at, error))
+    out.failing = heads
+    out.parked = [head[0] for head, _ in failing]
+    out.parked += [e for _, behind in failing for e, _ in behind] + held
+    out.resends += sum(1 for _, behind in failing for _, res in behind if res is None)
+    s.park = sorted(e.seq for e in out.parked)
+    s.dead = [(e.seq, attempts, error) for e, attempts, error in out.dead]
+    if r.source == "cursor":
+        s.cursor = hold[0].seq - 1 if hold is not None else r.scan_end
+    else:
+        finished = [*out.delivered, *(e for e, _, _ in out.dead), *out.dropped]
+        s.done = sorted(e.seq for e in finished)
+    return out
