@@ -20,6 +20,7 @@ from relay.queue import fsck
 from relay.queue.fsck import LogDamaged
 from relay.queue.log import Log
 from relay.rules import Router, rules_from_env, rules_from_toml
+from relay.sinks import redact
 from relay.sinks.base import Sink
 
 log = logging.getLogger("relay")
@@ -100,7 +101,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     metrics.install(event_log, names)
 
     dispatchers = {
-        sink.name: Dispatcher(sink, event_log, config.router, Policy.from_spec(spec))
+        sink.name: Dispatcher(
+            sink, event_log, config.router, Policy.from_spec(spec, sink), redact.for_spec(spec)
+        )
         for sink, spec in zip(outputs, config.specs)
     }
     tasks = [asyncio.create_task(d.run(), name=f"dispatch {n}") for n, d in dispatchers.items()]

@@ -26,6 +26,7 @@ from relay.rules import (
     rules_to_toml,
     sink_ref_id,
 )
+from relay.sinks import redact
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG, EXIT_DAMAGED = 0, 1, 2, 3
 
@@ -209,7 +210,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"  {key} = {_show(value)}")
         health = asyncio.run(_probe(sink))
         healthy &= health.ok
-        print(f"  reachable: {'yes' if health.ok else 'NO'} ({health.detail})")
+        detail = redact.for_spec(spec)(health.detail)
+        print(f"  reachable: {'yes' if health.ok else 'NO'} ({detail})")
     print(f"rules: {len(config.router.rules)}")
     for warning in config.warnings:
         print(f"warning: {warning}")

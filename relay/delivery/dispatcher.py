@@ -20,7 +20,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
 from relay import metrics
-from relay.config import SinkSpec
+from relay.config import SinkConfig, SinkSpec
 from relay.delivery import lanes
 from relay.delivery.parked import Parked
 from relay.delivery.plan import Limits, Outcome, Round, Source, backoff, plan, unfinished
@@ -52,19 +52,18 @@ class Policy:
 
     @classmethod
     def from_spec(cls, spec: SinkSpec, sink: Sink | None = None) -> Policy:
-        stale = spec["stale"]
-        if stale == "auto":
-            stale = getattr(sink, "stale_default", "flag")
+        c = spec.typed(SinkConfig)
+        stale = c.stale if c.stale != "auto" else getattr(sink, "stale_default", "flag")
         return cls(
-            batch_size=spec["batch_size"],
-            batch_bytes=spec["batch_bytes"],
-            batch_wait=spec["batch_wait"],
-            timeout=spec["timeout"],
-            concurrency=spec["concurrency"],
-            max_attempts=spec["max_attempts"],
-            max_age=spec["max_age"],
-            backoff_max=spec["backoff_max"],
-            max_parked=spec["max_parked"],
+            batch_size=c.batch_size,
+            batch_bytes=c.batch_bytes,
+            batch_wait=c.batch_wait,
+            timeout=c.timeout,
+            concurrency=c.concurrency,
+            max_attempts=c.max_attempts,
+            max_age=c.max_age,
+            backoff_max=c.backoff_max,
+            max_parked=c.max_parked,
             stale=stale,
         )
 

@@ -18,7 +18,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from types import ModuleType
 
-from relay.config import ConfigError, Option, SinkSpec, options_of
+from relay.config import COMMON_OPTIONS, ConfigError, Option, SinkSpec, options_of
 from relay.sinks.base import Sink
 
 log = logging.getLogger("relay.sinks")
@@ -74,8 +74,11 @@ def module(sink_type: str) -> ModuleType:
 
 
 def options(loaded: ModuleType) -> Sequence[Option]:
+    """A sink type's own keys: those its Config adds to, or declares unlike, SinkConfig."""
     declared: Sequence[Option] | None = getattr(loaded, "OPTIONS", None)
-    return declared if declared is not None else options_of(loaded.Config)
+    if declared is not None:
+        return declared
+    return tuple(o for o in options_of(loaded.Config) if o not in COMMON_OPTIONS)
 
 
 class _DeclaredOptions(Mapping[str, Sequence[Option]]):

@@ -1,15 +1,27 @@
 """The Sink interface every output implements, and the errors that steer delivery.
 
-A sink knows one client library and nothing else: the dispatcher (relay/dispatch.py) owns
-batching, retries, backoff, dead letters and cursors. A sink module provides:
+A sink knows one client library and nothing else. What every sink needs is written once,
+outside it: relay/delivery/ owns batching, per-object order, retries and backoff, parking,
+dead letters, stale events and cursors; relay/sinks/ has one helper per cross-cutting
+concern (connection.py: reconnect with backoff; probe.py: health probes; redact.py:
+secrets out of error text; clientlogs.py; tls.py; template.py; formats.py). A sink module
+provides:
 
     TYPE = "webhook"                     # the <TYPE> of RUSTFS_NOTIFY_<TYPE>_<KEY>_<ID>
-    OPTIONS = (Option(...), ...)         # its own keys, documented where declared
+    class Config(SinkConfig): ...        # its own keys, typed and documented (relay/config.py)
     def create(spec: SinkSpec) -> Sink
 
-`send(batch)` returns one result per entry, in order: None when delivered, or the
-`Retryable`/`Permanent` error for that entry. Raising `Retryable`/`Permanent` instead says
-the whole batch failed that way (broker unreachable, serialisation error for all).
+and the sink sends in one of two ways:
+
+- `send_event(entry)`: one event, raising `Retryable`/`Permanent` when it did not go. The
+  delivery layer runs each object's events in order, objects side by side up to the sink's
+  CONCURRENCY (webhook, AMQP, MQTT).
+- `send_batch(batch)`: every event at once (pipelined), returning one result per entry, in
+  order: None when delivered, or the `Retryable`/`Permanent` error for that entry. Raising
+  instead says the whole batch failed that way (broker unreachable). The layer sends again,
+  after the failed one, any later event of the same object the target acknowledged.
+
+No sink keeps order, redacts secrets or schedules retries itself.
 """
 
 from __future__ import annotations
@@ -58,13 +70,19 @@ class Sink(Protocol):
         """Connect. Raise Retryable when the target is unreachable (the dispatcher retries
         with backoff and marks the sink down meanwhile)."""
 
-    async def send(self, batch: Sequence[LogEntry]) -> list[Result]: ...
-
     async def close(self) -> None: ...
 
     async def health(self) -> Health:
         """A cheap reachability check, for `relay check` and readiness detail."""
         ...
+
+
+class EventSink(Sink, Protocol):
+    async def send_event(self, entry: LogEntry) -> None: ...
+
+
+class BatchSink(Sink, Protocol):
+    async def send_batch(self, batch: Sequence[LogEntry]) -> list[Result]: ...
 
 
 def event_time(entry: LogEntry) -> datetime:

@@ -8,26 +8,28 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Annotated, BinaryIO
 
-from relay.config import Option, SinkSpec
+from relay.config import Key, SinkConfig, SinkSpec
 from relay.queue.log import LogEntry
 from relay.sinks.base import Health, Permanent, Result, Retryable
 from relay.sinks.formats import render
 
 TYPE = "file"
-OPTIONS = (
-    Option(
-        "path", "str", "", "File the NDJSON lines are appended to; `-` for stdout.", required=True
-    ),
-)
+
+
+class Config(SinkConfig, kw_only=True, frozen=True):
+    path: Annotated[
+        str, Key("File the NDJSON lines are appended to; `-` for stdout.", required=True)
+    ] = ""
 
 
 class FileSink:
     def __init__(self, spec: SinkSpec) -> None:
         self.name = spec.name
-        self.path = spec["path"]
-        self.format = spec["format"]
+        config = spec.typed(Config)
+        self.path = config.path
+        self.format = config.format
         self.file: BinaryIO | None = None
 
     async def start(self) -> None:
@@ -41,7 +43,7 @@ class FileSink:
         except OSError as exc:
             raise Retryable(f"cannot open {self.path}: {exc.strerror}") from None
 
-    async def send(self, batch: Sequence[LogEntry]) -> list[Result]:
+    async def send_batch(self, batch: Sequence[LogEntry]) -> list[Result]:
         try:
             lines = b"".join(render(entry, self.format) + b"\n" for entry in batch)
         except ValueError as exc:

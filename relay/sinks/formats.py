@@ -6,6 +6,11 @@ store sent it; only the envelope around it is ours.
     raw          the record as received
     cloudevents  CloudEvents 1.0, structured mode, the record as `data`
     envelope     a flat projection for event buses, the record as `payload`
+
+A stale event (older than one the sink already had of the same object, STALE=flag) is
+marked: `"relayStale": true` in minio and records, the extension attribute
+`"relaystale": true` in cloudevents, `"stale": true` in envelope. `raw` is the record
+alone and cannot carry a mark (the webhook sink adds the header `Relay-Stale: true`).
 """
 
 from __future__ import annotations
@@ -37,24 +42,33 @@ def origin(entry: LogEntry) -> _Origin:
         return _Origin()
 
 
+_STALE_MARK = {
+    "minio": b',"relayStale":true}',
+    "records": b',"relayStale":true}',
+    "cloudevents": b',"relaystale":true}',
+    "envelope": b',"stale":true}',
+}
+
+
 def render(entry: LogEntry, fmt: str) -> bytes:
     event = entry.event
+    end = _STALE_MARK.get(fmt, b"}") if entry.stale else b"}"
     if fmt == "minio":
         # What MinIO and RustFS consumers already parse: the canonical name, the decoded
         # "bucket/key", and the record unchanged.
         return b"".join((
             b'{"EventName":', _json.encode(event.event_name),
             b',"Key":', _json.encode(f"{event.bucket}/{event.key}"),
-            b',"Records":[', event.record, b"]}",
+            b',"Records":[', event.record, b"]", end,
         ))  # fmt: skip
     if fmt == "records":
-        return b'{"Records":[' + event.record + b"]}"
+        return b'{"Records":[' + event.record + b"]" + end
     if fmt == "raw":
         return event.record
     if fmt == "cloudevents":
-        return _json.encode(cloudevent_attributes(entry))[:-1] + b',"data":' + event.record + b"}"
+        return _json.encode(cloudevent_attributes(entry))[:-1] + b',"data":' + event.record + end
     if fmt == "envelope":
-        return _json.encode(envelope_fields(entry))[:-1] + b',"payload":' + event.record + b"}"
+        return _json.encode(envelope_fields(entry))[:-1] + b',"payload":' + event.record + end
     raise ValueError(f"unknown format {fmt!r}")
 
 

@@ -16,6 +16,7 @@ from relay.events import Event, parse_body
 from relay.queue import stats
 from relay.queue.log import Log
 from relay.rules import Router
+from relay.sinks import redact
 from relay.sinks.base import Sink
 from tests.support.bodies import minio_body
 from tests.support.waiting import eventually
@@ -64,7 +65,9 @@ async def pipeline(
     log.open()
     log.set_sinks([spec.name])
     await log.init_cursors([spec.name])
-    dispatcher = Dispatcher(sink, log, Router([], [spec.name]), Policy.from_spec(spec))
+    dispatcher = Dispatcher(
+        sink, log, Router([], [spec.name]), Policy.from_spec(spec, sink), redact.for_spec(spec)
+    )
     task = asyncio.create_task(dispatcher.run()) if start else None
     try:
         yield Pipeline(log, sink, dispatcher)

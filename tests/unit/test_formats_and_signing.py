@@ -90,3 +90,19 @@ def test_envelope_fields() -> None:
     assert doc["metadata"]["key"] == "2024/cat 1.jpg" and doc["metadata"]["eventVersion"] == "2.0"
     assert doc["metadata"]["principalId"] == "minioadmin"
     assert doc["payload"]["eventName"] == "s3:ObjectCreated:Put"
+
+
+def test_a_stale_event_is_marked_in_every_format_that_can_carry_a_mark() -> None:
+    entry = LogEntry(1, 0.0, minio_event("b", "k", 1))
+    fresh = {
+        fmt: json.loads(render(entry, fmt))
+        for fmt in ("minio", "records", "cloudevents", "envelope")
+    }
+    entry.stale = True
+    marks = {"minio": "relayStale", "records": "relayStale", "cloudevents": "relaystale",
+             "envelope": "stale"}  # fmt: skip
+    for fmt, field in marks.items():
+        marked = json.loads(render(entry, fmt))
+        assert marked.pop(field) is True and field not in fresh[fmt]
+        assert marked == fresh[fmt]
+    assert render(entry, "raw") == entry.event.record
