@@ -23,12 +23,12 @@ from relay import metrics
 from relay.config import SinkConfig, SinkSpec
 from relay.delivery import lanes
 from relay.delivery.parked import Parked
-from relay.delivery.plan import Limits, Outcome, Round, Source, backoff, plan, unfinished
+from relay.delivery.plan import Limits, Outcome, Round, backoff, plan, unfinished
 from relay.delivery.stale import WINDOW, Newest, is_stale
 from relay.events import lane, order_token
 from relay.queue.log import Log, LogEntry, Settlement
 from relay.rules import Router
-from relay.sinks.base import DeliveryError, Result, Retryable, Sink, describe
+from relay.sinks.base import DeliveryError, Health, Result, Retryable, Sink, describe
 
 log = logging.getLogger("relay.dispatch")
 
@@ -80,12 +80,20 @@ class Policy:
 
 @dataclass(slots=True)
 class _Work:
-    source: Source
-    entries: list[LogEntry]  # to send
+    """One round's events: from outside the cursor first (parked objects due, queued
+    redeliveries), then past the cursor."""
+
+    entries: list[LogEntry] = field(default_factory=list)  # to send
+    redelivered: set[int] = field(default_factory=set)  # seqs from outside the cursor
     held: list[LogEntry] = field(default_factory=list)  # their object is parked: not sent
     newer: dict[int, str | None] = field(default_factory=dict)  # redeliveries: seq → token
-    scan_end: int = 0  # cursor work: the last seq examined (matched or skipped)
+    scan_end: int | None = None  # the last seq read past the cursor; None: none read
     full: bool = False  # it can take no more (bytes, or the whole window read): no waiting
+
+    @property
+    def fresh(self) -> list[LogEntry]:
+        """The entries read past the cursor."""
+        return [e for e in self.entries if e.seq not in self.redelivered]
 
 
 class Dispatcher:
@@ -186,24 +194,32 @@ class Dispatcher:
             await self._settled()
             await self._idle()
             return
-        if work.source == "cursor":
-            if not work.entries and not work.held:  # a window with nothing for this sink
-                await self._settle(Settlement(self.name, cursor=work.scan_end), work)
-                return
-            if work.entries and not await self._wait_for_schedule(work.entries[0]):
-                return
+        if not work.entries and not work.held:  # a window with nothing for this sink
+            await self._settle(Settlement(self.name, cursor=work.scan_end), work)
+            return
+        fresh = work.fresh
+        if fresh and not await self._wait_for_schedule(fresh[0]):
+            return
         if self.paused:  # paused meanwhile: nothing sent, nothing settled
             return
         sent, dropped = self._check_stale(work)
-        results = await self._deliver(sent)
+        objects = len({lane(e.event) for e in sent})
+        # Quick in-process retries are for a blip of the target, seen when several objects
+        # fail at once on new events; objects from outside the cursor already have their
+        # schedule, and one object failing alone is told apart by the probe below.
+        attempts = self.policy.quick_attempts if fresh and objects > 1 else 1
+        results = await self._deliver(sent, attempts)
         failed = [e.seq for e, r in zip(sent, results) if r is not None]
         prior = await asyncio.to_thread(self.log.retry_states, self.name, failed) if failed else {}
+        reachable = False
+        if fresh and objects == 1 and len(failed) == len(sent):
+            reachable = (await self._probe()).ok
         outcome = plan(
-            Round(self.name, work.source, sent, results, work.held, dropped, work.scan_end,
-                  prior, len(self.parked)),
+            Round(self.name, sent, results, frozenset(work.redelivered), work.held, dropped,
+                  work.scan_end, prior, len(self.parked), reachable),
             self.policy.limits, time.time(),
         )  # fmt: skip
-        self._observe(work, outcome)
+        self._observe(outcome)
         await self._settle(outcome.settlement, work)
         self._remember(outcome)
 
@@ -211,24 +227,28 @@ class Dispatcher:
 
     async def _next_work(self) -> _Work | None:
         limit = self.policy.batch_size
+        work = _Work()
         due = self.parked.due(time.time(), limit)
         if due:
-            return _Work("parked", await asyncio.to_thread(self.log.entries, due))
-        queued = await asyncio.to_thread(self.log.redeliveries, self.name, limit)
-        if queued:
-            work = _Work("redelivery", [], newer={e.seq: newer for e, newer in queued})
-            for entry, _ in queued:
+            work.entries = await asyncio.to_thread(self.log.entries, due)
+            work.redelivered.update(e.seq for e in work.entries)
+        room = limit - len(work.entries)
+        if room > 0:
+            for entry, newer in await asyncio.to_thread(self.log.redeliveries, self.name, room):
+                work.newer[entry.seq] = newer
+                work.redelivered.add(entry.seq)
                 held = lane(entry.event) in self.parked
                 (work.held if held else work.entries).append(entry)
-            return work
-        if len(self.parked) >= self.policy.max_parked:
-            return None  # held: parked objects first drain below MAX_PARKED
+                room -= 1
+        if room <= 0 or len(self.parked) >= self.policy.max_parked:
+            # past MAX_PARKED nothing new is read until parked objects drain below it
+            return work if work.entries or work.held else None
         while True:
-            rows = await asyncio.to_thread(self.log.entries_after, self.cursor, limit)
+            rows = await asyncio.to_thread(self.log.entries_after, self.cursor, room)
             if not rows:
-                return None
-            work = self._select(rows)
-            if not self._should_wait(work):
+                return work if work.entries or work.held else None
+            self._select(rows, room, work)
+            if work.redelivered or not self._should_wait(work):
                 return work
             # A partial batch may wait `batch_wait` for company (e.g. the audit bucket's
             # object age); nothing is acked meanwhile, so nothing is only in memory. The log
@@ -237,19 +257,22 @@ class Dispatcher:
             deadline = work.entries[0].received_at + self.policy.batch_wait
             size = sum(len(e.event.record) for e in work.entries)
             per_event = size / len(work.entries)
-            seen, room = rows[-1].seq, limit - len(rows)
+            seen, space = rows[-1].seq, limit - len(rows)
             assert self._wake is not None
             while not self._stop.is_set() and time.time() < deadline:
                 arrived = self.log.last_seq - seen  # past the window already read
-                if arrived >= room or size + arrived * per_event >= self.policy.batch_bytes:
+                if arrived >= space or size + arrived * per_event >= self.policy.batch_bytes:
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.time()))
+            work = _Work()
 
-    def _select(self, rows: Sequence[LogEntry]) -> _Work:
-        work = _Work("cursor", [], scan_end=self.cursor, full=len(rows) >= self.policy.batch_size)
-        size = 0
+    def _select(self, rows: Sequence[LogEntry], room: int, work: _Work) -> None:
+        """Add to `work` the rows past the cursor that are for this sink."""
+        work.scan_end = self.cursor
+        work.full = len(rows) >= room
+        size = sum(len(e.event.record) for e in work.entries)
         for entry in rows:
             if not self.router.matches(self.name, entry.event):
                 work.scan_end = entry.seq
@@ -265,7 +288,6 @@ class Dispatcher:
             work.entries.append(entry)
             size += n
             work.scan_end = entry.seq
-        return work
 
     def _should_wait(self, work: _Work) -> bool:
         p = self.policy
@@ -334,6 +356,12 @@ class Dispatcher:
                 await self._sleep(backoff(attempts, self.policy.backoff_max) + 0.1)
         return False
 
+    async def _probe(self) -> Health:
+        try:
+            return await asyncio.wait_for(self.sink.health(), self.policy.timeout)
+        except Exception as exc:
+            return Health(False, describe(exc))
+
     async def _wait_for_schedule(self, head: LogEntry) -> bool:
         state = await asyncio.to_thread(self.log.retry_state, self.name, head.seq)
         if state is None:
@@ -343,9 +371,9 @@ class Dispatcher:
             await self._sleep(delay)
         return not self._stop.is_set()
 
-    async def _deliver(self, batch: list[LogEntry]) -> list[Result]:
-        """Send a batch; send what failed retryably (and what must follow it) a few times
-        more in-process (tenacity), then leave the rest to the persisted schedule."""
+    async def _deliver(self, batch: list[LogEntry], attempts: int) -> list[Result]:
+        """Send a batch; when none of it went through, send it a few times more in-process
+        (tenacity: a blip of the target), then leave the rest to the persisted schedule."""
         results: list[Result] = [None] * len(batch)
         if not batch:
             return results
@@ -355,7 +383,7 @@ class Dispatcher:
             return bool(todo)
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.policy.quick_attempts),
+            stop=stop_after_attempt(attempts),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             retry=retry_if_result(unfinished_left),
             retry_error_callback=lambda state: None,
@@ -365,6 +393,11 @@ class Dispatcher:
                 for i, result in zip(todo, await self._send_once([batch[i] for i in todo])):
                     results[i] = result
                 todo = unfinished(batch, results)
+                if any(r is None for r in results):
+                    # Some went through: the target is up and the failures are those
+                    # objects' own. They are parked on their schedule at once rather than
+                    # retried here while every other object's next round waits.
+                    todo = []
             if self._stop.is_set():
                 break
         return results
@@ -394,7 +427,7 @@ class Dispatcher:
 
     # -- settling -----------------------------------------------------------------------------
 
-    def _observe(self, work: _Work, outcome: Outcome) -> None:
+    def _observe(self, outcome: Outcome) -> None:
         """Metrics and state-change log lines of a planned round; errors redacted first."""
         s = outcome.settlement
         s.dead = [(seq, attempts, self.redact(error)) for seq, attempts, error in s.dead]
@@ -417,8 +450,8 @@ class Dispatcher:
             )  # fmt: skip
         if outcome.progressed:
             self._mark_up()
-        elif outcome.failing and work.source != "parked":
-            self._mark_down(self.redact(outcome.failing[0][3]))
+        elif outcome.held_at is not None:  # nothing went through: the target is down
+            self._mark_down(self.redact(outcome.failing[-1][3]))
         for entry, attempts, _, error in outcome.failing:
             if entry is not outcome.held_at and lane(entry.event) not in self.parked:
                 log.warning(

@@ -21,6 +21,7 @@ class Parked:
     def __init__(self) -> None:
         self._lanes: dict[Lane, list[int]] = {}
         self._due: dict[Lane, float] = {}  # next attempt of each lane's first event
+        self._failing: set[Lane] = set()  # its first event failed last time: send it alone
         self._lane_of: dict[int, Lane] = {}
 
     def __len__(self) -> int:
@@ -50,6 +51,7 @@ class Parked:
         lane = self._lane_of.get(seq)
         if lane is not None and self._lanes[lane][0] == seq:
             self._due[lane] = next_at
+            self._failing.add(lane)
 
     def remove(self, seq: int) -> None:
         lane = self._lane_of.pop(seq, None)
@@ -60,17 +62,22 @@ class Parked:
         queue.remove(seq)
         if not queue:
             del self._lanes[lane], self._due[lane]
+            self._failing.discard(lane)
         elif was_head:
             self._due[lane] = 0.0  # the next event of the object may go at once
+            self._failing.discard(lane)
 
     def due(self, now: float, limit: int) -> list[int]:
         """Seqs of the objects whose next attempt is due, each object's in order, up to
-        `limit` events (an object that does not fit whole goes with its first events)."""
+        `limit` events (an object that does not fit whole goes with its first events). An
+        object whose first event failed last time sends that one alone: its others would
+        only be held back behind it again."""
         seqs: list[int] = []
         for lane, at in sorted(self._due.items(), key=lambda item: item[1]):
             if at > now or len(seqs) >= limit:
                 break
-            seqs += self._lanes[lane][: limit - len(seqs)]
+            take = 1 if lane in self._failing else limit - len(seqs)
+            seqs += self._lanes[lane][:take]
         return sorted(seqs)
 
     def next_due(self) -> float | None:

@@ -2,19 +2,22 @@
 dead-lettered, which wait for an earlier event of their object (parked), where the cursor
 goes, and what is sent again to keep an object's order.
 
-The rules, per object (lane), in the order the round handed the events over:
+A round carries events from outside the cursor (parked objects whose retry is due, and
+redeliveries an operator queued) ahead of the next events past the cursor. The rules, per
+object (lane), in the order the round handed the events over:
 - delivered → done; a permanent failure, or a retryable one past MAX_ATTEMPTS/MAX_AGE →
   dead letter, and the lane goes on (a dead letter never holds its object back);
 - the first retryable failure blocks the lane: that event gets a persisted retry schedule
   and it and every later event of the object are parked; a later one the target already
   acknowledged is sent again after it (a resend, counted).
-A round read from the cursor then moves the cursor past everything it read: the parked
-events wait in the log, per object, on their own schedule, and the other objects go on.
-Two exceptions hold the cursor instead, with a retry schedule for the event it holds at:
-nothing of the round was delivered (the target is down, not one object's events: hold at
-the first failure), or parking would pass the sink's MAX_PARKED (objects are parked in
-order while they fit; hold at the first that does not). Whatever the round sent past that
-point is read and sent again.
+The cursor then moves past everything the round read: the parked events wait in the log,
+per object, on their own schedule, and the other objects go on. Two exceptions hold the
+cursor instead, with a retry schedule for the event it holds at: nothing of the round went
+through (the target is down, not one object's events: hold at the first failure read from
+the cursor; when the round held one object only, the sink's probe decides which), or
+parking would pass the sink's MAX_PARKED (objects are parked in order while
+they fit; hold at the first that does not). Whatever the round read past that point is
+read and sent again.
 """
 
 from __future__ import annotations
@@ -22,13 +25,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from relay.delivery.lanes import by_lane
 from relay.queue.log import LogEntry, Settlement
 from relay.sinks.base import NotSent, Permanent, Result, Retryable, exc_text
-
-Source = Literal["cursor", "redelivery", "parked"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +44,17 @@ class Round:
     """One round's events and what became of them."""
 
     sink: str
-    source: Source
     sent: list[LogEntry]
     results: list[Result]
+    redelivered: frozenset[int] = frozenset()  # seqs of events from outside the cursor
     held: list[LogEntry] = field(default_factory=list)  # not sent: their object is parked
     dropped: list[LogEntry] = field(default_factory=list)  # stale, STALE=drop
-    scan_end: int = 0  # cursor rounds: the last seq read (matched or not)
+    scan_end: int | None = None  # the last seq read past the cursor; None: none was read
     prior: dict[int, tuple[int, float]] = field(default_factory=dict)  # seq → attempts, first
     parked: int = 0  # events of the sink parked before this round
+    # nothing went through, but the sink's own probe reaches the target: the failures are
+    # the objects' own (one object alone in a round tells nothing else)
+    reachable: bool = False
 
 
 @dataclass(slots=True)
@@ -117,31 +120,25 @@ def plan(r: Round, limits: Limits, now: float) -> Outcome:
             behind = []
             failing.append(((entry, attempts, first_at, exc_text(result)), behind))
 
-    hold: tuple[LogEntry, int, float, str] | None = None
-    if r.source == "cursor" and failing:
-        failing.sort(key=lambda f: f[0][0].seq)
-        if not out.delivered and not out.dead:
-            hold = failing[0][0]  # nothing went through: the target is down
-        else:
-            room = limits.max_parked - r.parked
-            for index, (head, behind) in enumerate(failing):
-                room -= 1 + len(behind)
-                if room < 0:  # parking this object would pass MAX_PARKED
-                    hold = head
-                    failing = failing[:index]
-                    break
+    hold = _hold_at(r, out, failing, limits)
+    held = r.held
+    out.dropped = r.dropped
     if hold is not None:
+        # what the round read from the cursor past `cut` is read again; the rest stands
         cut = hold[0].seq
         out.held_at = hold[0]
-        out.delivered = [e for e in out.delivered if e.seq < cut]
-        out.dead = [d for d in out.dead if d[0].seq < cut]
-        out.dropped = [e for e in r.dropped if e.seq < cut]
-        out.resends = sum(1 for e, res in zip(r.sent, r.results) if e.seq > cut and res is None)
-        failing = [f for f in failing if f[0][0].seq < cut]
-        held = [e for e in r.held if e.seq < cut]
-    else:
-        out.dropped = r.dropped
-        held = r.held
+
+        def stands(seq: int) -> bool:
+            return seq < cut or seq in r.redelivered
+
+        out.delivered = [e for e in out.delivered if stands(e.seq)]
+        out.dead = [d for d in out.dead if stands(d[0].seq)]
+        out.dropped = [e for e in r.dropped if stands(e.seq)]
+        out.resends = sum(
+            1 for e, res in zip(r.sent, r.results) if not stands(e.seq) and res is None
+        )
+        failing = [f for f in failing if stands(f[0][0].seq)]
+        held = [e for e in r.held if stands(e.seq)]
 
     heads = [head for head, _ in failing] + ([hold] if hold is not None else [])
     for entry, attempts, first_at, error in heads:
@@ -153,9 +150,35 @@ def plan(r: Round, limits: Limits, now: float) -> Outcome:
     out.resends += sum(1 for _, behind in failing for _, res in behind if res is None)
     s.park = sorted(e.seq for e in out.parked)
     s.dead = [(e.seq, attempts, error) for e, attempts, error in out.dead]
-    if r.source == "cursor":
+    finished = [*out.delivered, *(e for e, _, _ in out.dead), *out.dropped]
+    s.done = sorted(e.seq for e in finished if e.seq in r.redelivered)
+    if r.scan_end is not None:
         s.cursor = hold[0].seq - 1 if hold is not None else r.scan_end
-    else:
-        finished = [*out.delivered, *(e for e, _, _ in out.dead), *out.dropped]
-        s.done = sorted(e.seq for e in finished)
     return out
+
+
+def _hold_at(
+    r: Round,
+    out: Outcome,
+    failing: list[tuple[tuple[LogEntry, int, float, str], list[tuple[LogEntry, Result]]]],
+    limits: Limits,
+) -> tuple[LogEntry, int, float, str] | None:
+    """Where the cursor holds, if it does: at the first failure read from the cursor when
+    nothing of the round went through, or at the first failing object that parking would
+    take past MAX_PARKED. Objects that fit are parked (they stay in `failing`)."""
+    fresh = sorted(
+        (f for f in failing if f[0][0].seq not in r.redelivered), key=lambda f: f[0][0].seq
+    )
+    if r.scan_end is None or not fresh:
+        return None
+    if not out.progressed and not r.reachable:
+        failing[:] = [f for f in failing if f[0][0].seq in r.redelivered]
+        return fresh[0][0]
+    room = limits.max_parked - r.parked
+    for position, (head, behind) in enumerate(fresh):
+        room -= 1 + len(behind)
+        if room < 0:
+            cut = {f[0][0].seq for f in fresh[position:]}
+            failing[:] = [f for f in failing if f[0][0].seq not in cut]
+            return head
+    return None

@@ -26,9 +26,12 @@ class Received:
 
 @dataclass
 class Receiver:
-    """`status` decides each answer: an int, or a function of the request count."""
+    """`status` decides each answer: an int, or a function of the request count; `refuse`,
+    when set, answers 500 to a request whose JSON body it returns True for (a receiver that
+    fails for some objects only)."""
 
     status: int | Callable[[int], int] = 200
+    refuse: Callable[[Any], bool] | None = None
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     attempts: int = 0
@@ -60,6 +63,8 @@ class Receiver:
         self.attempts += 1
         body = await request.read()
         status = self.status(self.attempts) if callable(self.status) else self.status
+        if self.refuse is not None and self.refuse(json.loads(body)):
+            status = 500
         if self.delay:
             await asyncio.sleep(self.delay)
         if 200 <= status < 300:

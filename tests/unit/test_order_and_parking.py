@@ -119,7 +119,7 @@ def entry(seq: int, key: str) -> LogEntry:
 def test_plan_parks_a_failing_object_and_moves_the_cursor_past_the_rest() -> None:
     sent = [entry(1, "a"), entry(2, "x"), entry(3, "a"), entry(4, "y")]
     results: list[Result] = [Retryable("500 for a"), None, None, None]
-    out = plan(Round("s", "cursor", sent, results, scan_end=4), Limits(), now=100.0)
+    out = plan(Round("s", sent, results, scan_end=4), Limits(), now=100.0)
     s = out.settlement
     assert s.cursor == 4 and s.park == [1, 3]
     assert [r[0] for r in s.retries] == [1]
@@ -129,14 +129,14 @@ def test_plan_parks_a_failing_object_and_moves_the_cursor_past_the_rest() -> Non
 
 def test_plan_holds_the_cursor_when_nothing_went_through() -> None:
     sent = [entry(1, "a"), entry(2, "b")]
-    out = plan(Round("s", "cursor", sent, [Retryable("down")] * 2, scan_end=2), Limits(), 0.0)
+    out = plan(Round("s", sent, [Retryable("down")] * 2, scan_end=2), Limits(), 0.0)
     assert (out.settlement.cursor, out.settlement.park, out.held_at) == (0, [], sent[0])
 
 
 def test_plan_holds_instead_of_parking_past_max_parked() -> None:
     sent = [entry(1, "x"), entry(2, "a"), entry(3, "y"), entry(4, "a")]
     results: list[Result] = [None, Retryable("no"), None, None]
-    r = Round("s", "cursor", sent, results, scan_end=4, parked=9)
+    r = Round("s", sent, results, scan_end=4, parked=9)
     out = plan(r, Limits(max_parked=10), 0.0)
     assert out.settlement.cursor == 1 and out.settlement.park == []
     assert [e.seq for e in out.delivered] == [1]
@@ -147,9 +147,23 @@ def test_plan_dead_letter_does_not_block_its_object() -> None:
     from relay.sinks.base import Permanent
 
     sent = [entry(1, "a"), entry(2, "a")]
-    out = plan(Round("s", "cursor", sent, [Permanent("bad"), None], scan_end=2), Limits(), 0.0)
+    out = plan(Round("s", sent, [Permanent("bad"), None], scan_end=2), Limits(), 0.0)
     assert [d[0].seq for d in out.dead] == [1] and [e.seq for e in out.delivered] == [2]
     assert out.settlement.cursor == 2 and out.settlement.park == []
+
+
+def test_plan_settles_parked_events_beside_a_held_cursor() -> None:
+    parked, fresh = entry(1, "p"), entry(5, "a")
+    r = Round("s", [parked, fresh], [None, Retryable("down")], frozenset({1}), scan_end=5)
+    out = plan(r, Limits(), 0.0)
+    # the parked event went through, so the target is up: the new failure is parked
+    assert out.settlement.done == [1] and out.settlement.park == [5]
+    assert out.settlement.cursor == 5 and out.held_at is None
+    r = Round("s", [parked, fresh], [Retryable("x"), Retryable("down")], frozenset({1}), scan_end=5)
+    out = plan(r, Limits(), 0.0)
+    assert out.held_at is fresh and out.settlement.cursor == 4
+    assert out.settlement.park == [1]  # still parked, with its next attempt scheduled
+    assert sorted(t[0] for t in out.settlement.retries) == [1, 5]
 
 
 def test_unfinished_resends_from_the_first_failure_of_each_object() -> None:
