@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
 from relay import metrics
-from relay.config import SinkConfig, SinkSpec
+from relay.config import SinkSpec
 from relay.delivery import lanes
 from relay.delivery.parked import Parked
 from relay.delivery.plan import Limits, Outcome, Round, backoff, plan, unfinished
@@ -36,8 +37,9 @@ IDLE_POLL = 1.0  # redeliveries queued by another process (the CLI) are seen wit
 QUICK_ATTEMPTS = 3  # in-process tries of a batch before the persisted schedule takes over
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
+class Policy(msgspec.Struct, frozen=True, kw_only=True):
+    """A sink's delivery policy: its common keys (relay/config.py SinkConfig) by name."""
+
     batch_size: int = 100
     batch_bytes: int = 4 * 1024**2
     batch_wait: float = 0.0
@@ -47,25 +49,16 @@ class Policy:
     max_age: float = 0.0
     backoff_max: float = 30.0
     max_parked: int = 10_000
-    stale: str = "flag"  # deliver | flag | drop
+    stale: str = "flag"  # deliver | flag | drop (auto is resolved by from_spec)
     quick_attempts: int = QUICK_ATTEMPTS
 
     @classmethod
     def from_spec(cls, spec: SinkSpec, sink: Sink | None = None) -> Policy:
-        c = spec.typed(SinkConfig)
-        stale = c.stale if c.stale != "auto" else getattr(sink, "stale_default", "flag")
-        return cls(
-            batch_size=c.batch_size,
-            batch_bytes=c.batch_bytes,
-            batch_wait=c.batch_wait,
-            timeout=c.timeout,
-            concurrency=c.concurrency,
-            max_attempts=c.max_attempts,
-            max_age=c.max_age,
-            backoff_max=c.backoff_max,
-            max_parked=c.max_parked,
-            stale=stale,
-        )
+        # the sink's other keys (and a FORMAT it gives its own meaning) are not looked at
+        policy = msgspec.convert(spec.options, cls)
+        if policy.stale == "auto":
+            policy = msgspec.structs.replace(policy, stale=getattr(sink, "stale_default", "flag"))
+        return policy
 
     @property
     def limits(self) -> Limits:
