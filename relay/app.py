@@ -96,13 +96,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         event_log = open_log(settings)
         event_log.open()
     names = [s.name for s in outputs]
-    event_log.set_sinks(names)
+    policies = {s.name: Policy.from_spec(spec, s) for s, spec in zip(outputs, config.specs)}
+    event_log.set_sinks(names, {name: policy.bound for name, policy in policies.items()})
     await event_log.init_cursors(names)
     metrics.install(event_log, names)
 
     dispatchers = {
         sink.name: Dispatcher(
-            sink, event_log, config.router, Policy.from_spec(spec, sink), redact.for_spec(spec)
+            sink, event_log, config.router, policies[sink.name], redact.for_spec(spec)
         )
         for sink, spec in zip(outputs, config.specs)
     }

@@ -424,6 +424,34 @@ class SinkConfig(msgspec.Struct, kw_only=True, frozen=True):
             "event until parked objects drain."
         ),
     ] = 10_000
+    max_backlog: Annotated[
+        int,
+        Key(
+            "Most events the sink may leave undelivered past its cursor; 0 = no bound of its "
+            "own (the log's RELAY_MAX_EVENTS still holds). What happens past it: ON_FULL."
+        ),
+    ] = 0
+    max_backlog_bytes: Annotated[
+        Size,
+        Key(
+            "Most bytes of events the sink may leave undelivered (estimated from the log's "
+            "average size per event); 0 = no bound of its own."
+        ),
+    ] = 0
+    max_backlog_age: Annotated[
+        Duration,
+        Key("Oldest the sink's first undelivered event may be; 0 = no bound of its own."),
+    ] = 0.0
+    on_full: Annotated[
+        Literal["block", "shed"],
+        Key(
+            "Past a MAX_BACKLOG* bound: `block` (lossless) makes ingest answer 503 + "
+            "Retry-After, naming this sink, until it is back under; `shed` lets the sink's "
+            "oldest undelivered events go (it no longer holds retention for them) and sends it, "
+            "in order, one `relay:MissedEvents` marker with their count, seq and time range, "
+            "then carries on."
+        ),
+    ] = "block"
     stale: Annotated[
         Literal["auto", "deliver", "flag", "drop"],
         Key(

@@ -133,8 +133,11 @@ async def receive(request: web.Request) -> web.Response:
     if not signed and not authorised(request, settings):
         return _reject("unauthorized", 401, "missing or wrong token")
     if event_log.pressure:
+        why = event_log.pressure + (
+            f" ({event_log.pressure_detail})" if event_log.pressure_detail else ""
+        )
         return _reject(
-            event_log.pressure, 503, f"the relay is not accepting events: {event_log.pressure}",
+            event_log.pressure, 503, f"the relay is not accepting events: {why}",
             **{"Retry-After": RETRY_AFTER},
         )  # fmt: skip
     if request.content_length is not None and request.content_length > settings.max_body:
@@ -210,6 +213,9 @@ async def readyz(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"ready": event_log.pressure is None, "sinks": sinks}
     if event_log.pressure:
         body["reason"] = event_log.pressure
+        if event_log.blocked_by:
+            body["blocked_by"] = list(event_log.blocked_by)
+            body["detail"] = event_log.pressure_detail
         return _json(503, body, **{"Retry-After": RETRY_AFTER})
     return _json(200, body)
 

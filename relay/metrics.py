@@ -42,7 +42,7 @@ EVENTS_DUPLICATE = Counter(
 INGEST_REJECTED = Counter(
     "relay_ingest_rejected_total",
     "Requests not stored: unauthorized, too_large, slow_client, quarantined, log_full_events, "
-    "log_full_bytes, disk_low, log_damaged, error.",
+    "log_full_bytes, disk_low, sink_backlog, log_damaged, error.",
     ["reason"], registry=REGISTRY,
 )  # fmt: skip
 INGEST_COMMIT_SECONDS = Histogram(
@@ -76,6 +76,12 @@ EVENTS_STALE = Counter(
     "Events older than one the sink already had of the same object, by what STALE did: "
     "deliver, flag, drop.",
     ["sink", "action"], registry=REGISTRY,
+)  # fmt: skip
+MISSED_EVENTS = Counter(
+    "relay_sink_missed_events_total",
+    "Events a sink will never get, announced to it by a relay:MissedEvents marker: shed "
+    "past its MAX_BACKLOG* bound (ON_FULL=shed), or pruned before it got them.",
+    ["sink", "reason"], registry=REGISTRY,
 )  # fmt: skip
 RETRIES = Counter(
     "relay_retries_total", "Retryable failures, each followed by a scheduled retry.",
@@ -155,10 +161,19 @@ class LogCollector(Collector):
             oldest.add_metric([sink], max(0.0, now - s.oldest) if s.oldest else 0.0)
             dead.add_metric([sink], counts.get(sink, 0))
             parked.add_metric([sink], s.parked)
+        blocked = GaugeMetricFamily(
+            "relay_ingest_blocked_by",
+            "1 while this sink is why ingest answers 503 (over its MAX_BACKLOG* bound with "
+            "ON_FULL=block, or the furthest behind when the log is full).",
+            labels=["sink"],
+        )  # fmt: skip
+        for sink in self.sinks:
+            blocked.add_metric([sink], 1 if sink in log.blocked_by else 0)
         yield pending
         yield oldest
         yield dead
         yield parked
+        yield blocked
         yield GaugeMetricFamily(
             "relay_quarantined", "Bodies in quarantine.", value=stats.quarantine_count(conn)
         )

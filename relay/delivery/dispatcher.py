@@ -23,13 +23,14 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_ra
 from relay import metrics
 from relay.config import SinkSpec
 from relay.delivery import lanes
+from relay.delivery import missed as missed_events
 from relay.delivery.parked import Parked
 from relay.delivery.plan import Limits, Outcome, Round, backoff, plan, unfinished
 from relay.delivery.stale import WINDOW, Newest, is_stale
 from relay.events import lane, order_token
-from relay.queue.log import Log, LogEntry, Settlement
+from relay.queue.log import BacklogBound, Log, LogEntry, Missed, Settlement
 from relay.rules import Router
-from relay.sinks.base import DeliveryError, Health, Result, Retryable, Sink, describe
+from relay.sinks.base import DeliveryError, Result, Retryable, Sink, describe, exc_text
 
 log = logging.getLogger("relay.dispatch")
 
@@ -49,6 +50,10 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     max_age: float = 0.0
     backoff_max: float = 30.0
     max_parked: int = 10_000
+    max_backlog: int = 0
+    max_backlog_bytes: int = 0
+    max_backlog_age: float = 0.0
+    on_full: str = "block"  # block | shed
     stale: str = "flag"  # deliver | flag | drop (auto is resolved by from_spec)
     quick_attempts: int = QUICK_ATTEMPTS
 
@@ -59,6 +64,12 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
         if policy.stale == "auto":
             policy = msgspec.structs.replace(policy, stale=getattr(sink, "stale_default", "flag"))
         return policy
+
+    @property
+    def bound(self) -> BacklogBound:
+        return BacklogBound(
+            self.max_backlog, self.max_backlog_bytes, self.max_backlog_age, self.on_full == "block"
+        )
 
     @property
     def limits(self) -> Limits:
@@ -108,6 +119,10 @@ class Dispatcher:
         self.cursor = 0
         self.parked = Parked()
         self.newest = Newest()
+        self.markers: list[Missed] = []  # relay:MissedEvents owed, oldest range first
+        self._pruned_gap: Missed | None = None
+        self._marker_failures = 0
+        self._tell_apart = False
         self._loaded = False
         self._stop = asyncio.Event()
         self._wake: asyncio.Event | None = None
@@ -169,19 +184,33 @@ class Dispatcher:
             await self._settled()
 
     def _load(self) -> None:
-        """Where this sink got to, its parked objects, and the newest event it recently had
-        of each object; from then on only this loop changes them."""
+        """Where this sink got to, its parked objects, the markers it is owed, and the newest
+        event it recently had of each object; from then on only this loop changes them."""
         self.cursor = self.log.cursor(self.name)
         self.parked.load(self.log.parked(self.name))
         for entry in reversed(self.log.entries_before(self.cursor, WINDOW)):
             if self.router.matches(self.name, entry.event):
                 self.newest.delivered(lane(entry.event), order_token(entry.event))
+        self.markers = self.log.missed(self.name)
+        self._pruned_gap = self._find_pruned_gap()
         self._loaded = True
+
+    def _find_pruned_gap(self) -> Missed | None:
+        """Seqs are never reused and only delete makes holes: events right past the cursor
+        that are gone were pruned (or lost to a repair) before this sink had them."""
+        first = self.log.first_seq_after(self.cursor)
+        if first is None or first <= self.cursor + 1:
+            return None
+        return Missed(self.cursor + 1, first - 1, None, None, None, "pruned")
 
     async def _round(self) -> None:
         """One batch: read, send, settle. Nothing is acked unless the settle commits."""
         assert self._wake is not None
         self._wake.clear()
+        await self._shed()
+        if self.markers:  # owed before anything that comes after them
+            await self._send_marker()
+            return
         work = await self._next_work()
         if work is None:
             await self._settled()
@@ -191,27 +220,35 @@ class Dispatcher:
             await self._settle(Settlement(self.name, cursor=work.scan_end), work)
             return
         fresh = work.fresh
-        if fresh and not await self._wait_for_schedule(fresh[0]):
+        objects = len({lane(e.event) for e in work.entries})
+        # A failure of one object alone cannot tell the object's fault from the target's:
+        # the next round with other objects in it is not held back by the schedule, and
+        # says which (parked, or held as down).
+        if self._tell_apart and objects > 1:
+            self._tell_apart = False
+        elif fresh and not await self._wait_for_schedule(fresh[0]):
             return
+        if fresh and self.policy.on_full == "shed":
+            before = self.cursor  # while it waited, the backlog may have passed its bound
+            await self._shed()
+            if self.cursor != before:
+                return
         if self.paused:  # paused meanwhile: nothing sent, nothing settled
             return
         sent, dropped = self._check_stale(work)
-        objects = len({lane(e.event) for e in sent})
         # Quick in-process retries are for a blip of the target, seen when several objects
         # fail at once on new events; objects from outside the cursor already have their
-        # schedule, and one object failing alone is told apart by the probe below.
+        # schedule, and one object failing alone is told apart by the next round.
         attempts = self.policy.quick_attempts if fresh and objects > 1 else 1
         results = await self._deliver(sent, attempts)
         failed = [e.seq for e, r in zip(sent, results) if r is not None]
         prior = await asyncio.to_thread(self.log.retry_states, self.name, failed) if failed else {}
-        reachable = False
-        if fresh and objects == 1 and len(failed) == len(sent):
-            reachable = (await self._probe()).ok
         outcome = plan(
             Round(self.name, sent, results, frozenset(work.redelivered), work.held, dropped,
-                  work.scan_end, prior, len(self.parked), reachable),
+                  work.scan_end, prior, len(self.parked)),
             self.policy.limits, time.time(),
         )  # fmt: skip
+        self._tell_apart = outcome.held_at is not None and objects == 1
         self._observe(outcome)
         await self._settle(outcome.settlement, work)
         self._remember(outcome)
@@ -304,6 +341,88 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
 
+    # -- missed events ------------------------------------------------------------------------
+
+    async def _shed(self) -> None:
+        """Past a MAX_BACKLOG* bound with ON_FULL=shed, let the oldest undelivered events go:
+        the cursor moves past them (they no longer hold retention) and a marker is owed. A
+        range retention pruned before the sink had it is owed a marker too."""
+        gap, self._pruned_gap = self._pruned_gap, None
+        bound = self.policy.bound
+        cut, reason = self.cursor, ""
+        if bound and not bound.block:
+            cut, reason = await asyncio.to_thread(self._shed_point)
+        if cut <= self.cursor and gap is None:
+            return
+        settlement = Settlement(self.name)
+        if cut > self.cursor:
+            settlement.cursor = cut
+            settlement.missed = await asyncio.to_thread(self._count_missed, cut, reason)
+        else:
+            settlement.missed = gap
+        await self._settled()
+        await self.log.settle(settlement)
+        missed = settlement.missed
+        assert missed is not None
+        if not self.markers:
+            log.warning(
+                "events missed: the sink gets a relay:MissedEvents marker for them",
+                extra={"sink": self.name, "reason": missed.reason, "count": missed.count,
+                       "first_seq": missed.first_seq, "last_seq": missed.last_seq},
+            )  # fmt: skip
+        metrics.MISSED_EVENTS.labels(self.name, missed.reason).inc(missed.count or 0)
+        if settlement.cursor is not None:
+            self.cursor = settlement.cursor
+        self.markers = await asyncio.to_thread(self.log.missed, self.name)
+
+    def _shed_point(self) -> tuple[int, str]:
+        """The furthest cursor position a bound asks for, and which bound."""
+        bound, last, cuts = self.policy.bound, self.log.last_seq, [(self.cursor, "")]
+        backlog = self.log.backlog(self.cursor, None)
+        if bound.events and backlog.events > bound.events:
+            cuts.append((last - bound.events, "max_backlog"))
+        if bound.bytes and backlog.bytes > bound.bytes:
+            keep = int(bound.bytes * backlog.events / backlog.bytes)
+            cuts.append((last - keep, "max_backlog_bytes"))
+        if bound.age:
+            young = self.log.first_seq_received(self.cursor, time.time() - bound.age)
+            cuts.append(((young - 1) if young is not None else last, "max_backlog_age"))
+        return max(cuts)
+
+    def _count_missed(self, upto: int, reason: str) -> Missed:
+        mine = [
+            e
+            for e in self.log.entries_between(self.cursor, upto)
+            if self.router.matches(self.name, e.event)
+        ]
+        return Missed(
+            self.cursor + 1, upto, len(mine),
+            mine[0].received_at if mine else None, mine[-1].received_at if mine else None,
+            reason,
+        )  # fmt: skip
+
+    async def _send_marker(self) -> None:
+        """The oldest owed marker, alone: nothing after it goes before it is delivered."""
+        marker = self.markers[0]
+        (result,) = await self._deliver([missed_events.entry(self.name, marker)], 1)
+        if isinstance(result, Retryable):
+            self._marker_failures += 1
+            self._mark_down(self.redact(exc_text(result)))
+            await self._sleep(backoff(self._marker_failures, self.policy.backoff_max) + 0.05)
+            return
+        self._marker_failures = 0
+        if result is not None:  # refused for good: said once, not retried
+            log.error(
+                "relay:MissedEvents marker refused by the sink; it is not sent again",
+                extra={"sink": self.name, "first_seq": marker.first_seq,
+                       "last_seq": marker.last_seq, "error": self.redact(exc_text(result))},
+            )  # fmt: skip
+        else:
+            self._mark_up()
+        await self._settled()
+        await self.log.settle(Settlement(self.name, markers_done=[marker.id]))
+        self.markers = self.markers[1:]
+
     # -- staleness ----------------------------------------------------------------------------
 
     def _check_stale(self, work: _Work) -> tuple[list[LogEntry], list[LogEntry]]:
@@ -349,19 +468,21 @@ class Dispatcher:
                 await self._sleep(backoff(attempts, self.policy.backoff_max) + 0.1)
         return False
 
-    async def _probe(self) -> Health:
-        try:
-            return await asyncio.wait_for(self.sink.health(), self.policy.timeout)
-        except Exception as exc:
-            return Health(False, describe(exc))
-
     async def _wait_for_schedule(self, head: LogEntry) -> bool:
+        """Wait for the held head's next attempt; False when the round is to be read again
+        (stopping, or new events arrived that can tell one object's fault from the
+        target's)."""
         state = await asyncio.to_thread(self.log.retry_state, self.name, head.seq)
         if state is None:
             return True
         delay = state[2] - time.time()
         if delay > 0:
-            await self._sleep(delay)
+            assert self._wake is not None
+            self._wake.clear()
+            waits = [self._stop.wait()] + ([self._wake.wait()] if self._tell_apart else [])
+            await _first_of(*waits, within=delay)
+            if self._tell_apart and self._wake.is_set():
+                return False
         return not self._stop.is_set()
 
     async def _deliver(self, batch: list[LogEntry], attempts: int) -> list[Result]:

@@ -14,8 +14,7 @@ The cursor then moves past everything the round read: the parked events wait in 
 per object, on their own schedule, and the other objects go on. Two exceptions hold the
 cursor instead, with a retry schedule for the event it holds at: nothing of the round went
 through (the target is down, not one object's events: hold at the first failure read from
-the cursor; when the round held one object only, the sink's probe decides which), or
-parking would pass the sink's MAX_PARKED (objects are parked in order while
+the cursor), or parking would pass the sink's MAX_PARKED (objects are parked in order while
 they fit; hold at the first that does not). Whatever the round read past that point is
 read and sent again.
 """
@@ -52,9 +51,6 @@ class Round:
     scan_end: int | None = None  # the last seq read past the cursor; None: none was read
     prior: dict[int, tuple[int, float]] = field(default_factory=dict)  # seq → attempts, first
     parked: int = 0  # events of the sink parked before this round
-    # nothing went through, but the sink's own probe reaches the target: the failures are
-    # the objects' own (one object alone in a round tells nothing else)
-    reachable: bool = False
 
 
 @dataclass(slots=True)
@@ -171,7 +167,7 @@ def _hold_at(
     )
     if r.scan_end is None or not fresh:
         return None
-    if not out.progressed and not r.reachable:
+    if not out.progressed:
         failing[:] = [f for f in failing if f[0][0].seq in r.redelivered]
         return fresh[0][0]
     room = limits.max_parked - r.parked

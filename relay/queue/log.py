@@ -18,7 +18,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -83,11 +83,30 @@ class Settlement:
     park: list[int] = field(default_factory=list)  # wait for an earlier event of their object
     # the schedules of failing events: (seq, attempts, first failure, next attempt, error)
     retries: list[tuple[int, int, float, float, str]] = field(default_factory=list)
+    missed: Missed | None = None  # a range the sink will never get: a marker is owed
+    markers_done: list[int] = field(default_factory=list)  # `missed` ids delivered
 
     @property
     def plain(self) -> bool:
         """Only a cursor advance: nothing a next round would read back."""
-        return self.cursor is not None and not (self.done or self.dead or self.park or self.retries)
+        return self.cursor is not None and not (
+            self.done or self.dead or self.park or self.retries or self.missed
+            or self.markers_done
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """Events (seqs first_seq..last_seq) a sink will never get, and why; `count` of them
+    were for it (None: not known, they were pruned before they could be counted)."""
+
+    first_seq: int
+    last_seq: int
+    count: int | None
+    first_at: float | None
+    last_at: float | None
+    reason: str
+    id: int = 0  # once stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +116,41 @@ class ParkedRow:
     key: str
     attempts: int | None  # the retry schedule, for the first parked event of an object
     next_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogBound:
+    """How much a sink may leave undelivered (its MAX_BACKLOG* keys; 0 = no bound). A
+    blocking sink over its bound makes ingest answer 503 (`pressure`); a shedding one lets
+    its oldest events go, with a marker (relay/delivery)."""
+
+    events: int = 0
+    bytes: int = 0
+    age: float = 0.0
+    block: bool = True
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.bytes or self.age)
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a sink has not yet had past its cursor. `bytes` is estimated from the log's
+    average size per event: an exact sum would read every pending row."""
+
+    events: int
+    bytes: int
+    oldest: float | None  # received_at of the first event past the cursor
+
+    def over(self, bound: BacklogBound, now: float) -> str | None:
+        """Which of the bound's limits it is over, or None."""
+        if bound.events and self.events > bound.events:
+            return f"{self.events} events > MAX_BACKLOG {bound.events}"
+        if bound.bytes and self.bytes > bound.bytes:
+            return f"~{self.bytes} bytes > MAX_BACKLOG_BYTES {bound.bytes}"
+        if bound.age and self.oldest is not None and now - self.oldest > bound.age:
+            return f"oldest {now - self.oldest:.0f}s > MAX_BACKLOG_AGE {bound.age:g}s"
+        return None
 
 
 @dataclass(slots=True)
@@ -155,6 +209,11 @@ class Log:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: set[asyncio.Event] = set()
         self._sinks: tuple[str, ...] = ()
+        self._bounds: dict[str, BacklogBound] = {}  # blocking sinks' bounds
+        self._cursors: dict[str, int] = {}  # the writer's view of each sink's cursor
+        self._oldest: dict[str, float | None] = {}  # measured once per maintenance tick
+        self.blocked_by: tuple[str, ...] = ()  # sinks that hold ingest (pressure)
+        self.pressure_detail = ""  # the operator's version of `pressure`
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -187,6 +246,7 @@ class Log:
                     self.check_state = "ok"
                 self.events = conn.execute(Q["log_counts"]).fetchone()[0]
                 self._last_seq = conn.execute(Q["max_seq"]).fetchone()[0]
+                self._cursors = {sink: seq for sink, seq, _ in conn.execute(Q["list_cursors"])}
                 self._measure(conn)
                 self.open_seconds = time.monotonic() - started
             finally:
@@ -243,9 +303,18 @@ class Log:
         """The highest seq committed (by this process's writer)."""
         return self._last_seq
 
-    def set_sinks(self, names: Sequence[str]) -> None:
-        """The sinks whose cursors hold back retention."""
+    def set_sinks(
+        self, names: Sequence[str], bounds: Mapping[str, BacklogBound] | None = None
+    ) -> None:
+        """The sinks whose cursors hold back retention, and the bounds of those that hold
+        ingest while over them."""
         self._sinks = tuple(names)
+        self._bounds = {n: b for n, b in (bounds or {}).items() if b and b.block}
+
+    def backlog(self, cursor: int, oldest: float | None) -> Backlog:
+        events = max(0, self._last_seq - cursor)
+        per_event = self.bytes / self.events if self.events else 0.0
+        return Backlog(events, int(events * per_event), oldest if events else None)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -266,6 +335,7 @@ class Log:
             now = time.time()
             for sink in sinks:
                 conn.execute(Q["init_cursor"], (sink, now))
+            self._cursors = {sink: seq for sink, seq, _ in conn.execute(Q["list_cursors"])}
 
         await self._submit(init)
 
@@ -274,7 +344,13 @@ class Log:
 
     def settle_nowait(self, s: Settlement) -> asyncio.Future[None]:
         """settle(), queued for the writer's next commit; the future says when it is done."""
-        return self._submit(lambda conn: _settle(conn, s))
+
+        def settle(conn: sqlite3.Connection) -> None:
+            _settle(conn, s)
+            if s.cursor is not None:  # read by _update_pressure, after the commit
+                self._cursors[s.sink] = max(s.cursor, self._cursors.get(s.sink, 0))
+
+        return self._submit(settle)
 
     async def write(self, fn: Callable[[sqlite3.Connection], Any], *, wakes: bool = False) -> Any:
         """Run `fn(conn)` inside the writer's next transaction (admin operations)."""
@@ -331,6 +407,25 @@ class Log:
         """The last `limit` events up to `seq`, newest first."""
         rows = self.reader().execute(Q["entries_before"], {"seq": seq, "limit": limit})
         return [entry_from_row(r) for r in rows]
+
+    def missed(self, sink: str) -> list[Missed]:
+        """The markers `sink` is owed, oldest range first."""
+        cur = self.reader().execute(Q["missed_for"], {"sink": sink})
+        return [Missed(fs, ls, n, fa, la, why, i) for i, fs, ls, n, fa, la, why in cur]
+
+    def entries_between(self, after: int, upto: int) -> list[LogEntry]:
+        rows = self.reader().execute(Q["entries_between"], {"after": after, "upto": upto})
+        return [entry_from_row(r) for r in rows]
+
+    def first_seq_after(self, seq: int) -> int | None:
+        row = self.reader().execute(Q["first_seq_after"], {"seq": seq}).fetchone()
+        return row[0] if row else None
+
+    def first_seq_received(self, after: int, since: float) -> int | None:
+        """The first event past seq `after` received at `since` or later."""
+        row = self.reader().execute(Q["first_seq_received"], {"after": after, "since": since})
+        found = row.fetchone()
+        return found[0] if found else None
 
     def cursor(self, sink: str) -> int:
         row = self.reader().execute(Q["get_cursor"], (sink,)).fetchone()
@@ -569,6 +664,8 @@ class Log:
         self._update_pressure()
 
     def _update_pressure(self) -> None:
+        blocked: list[str] = []
+        details: list[str] = []
         if self.events >= self.max_events:
             pressure: str | None = "log_full_events"
         elif self.bytes >= self.max_bytes:
@@ -577,14 +674,35 @@ class Log:
             pressure = "disk_low"
         else:
             pressure = None
+        if pressure in ("log_full_events", "log_full_bytes") and self._cursors:
+            # near the mark retention keeps only what some sink has not had: the slowest
+            # sink is what holds everyone
+            slowest = min(self._cursors.get(n, 0) for n in self._sinks) if self._sinks else 0
+            blocked = [n for n in self._sinks if self._cursors.get(n, 0) == slowest]
+            details = [f"{n} is the furthest behind (cursor {slowest})" for n in blocked]
+        now = time.time()
+        for sink, bound in self._bounds.items():
+            cursor = self._cursors.get(sink)
+            if cursor is None:
+                continue
+            over = self.backlog(cursor, self._oldest.get(sink)).over(bound, now)
+            if over:
+                blocked.append(sink)
+                details.append(f"{sink}: {over}")
+                pressure = pressure or "sink_backlog"
         # one line per change; none once damage decides the answer
-        if pressure != self._pressure and self.check_state != "damaged":
+        if (pressure, tuple(blocked)) != (self._pressure, self.blocked_by) and (
+            self.check_state != "damaged"
+        ):
             if pressure:
                 log.warning("backpressure on: ingest answers 503",
-                            extra={"reason": pressure, "events": self.events,
+                            extra={"reason": pressure, "blocked_by": blocked,
+                                   "detail": "; ".join(details), "events": self.events,
                                    "bytes": self.bytes, "free_disk": self.free_disk})  # fmt: skip
             else:
                 log.info("backpressure off: ingest accepts again", extra={"events": self.events})
+        self.blocked_by = tuple(blocked)
+        self.pressure_detail = "; ".join(details)
         self._pressure = pressure
 
     def _near_mark(self) -> bool:
@@ -596,6 +714,10 @@ class Log:
             self.free_disk = stat.f_bavail * stat.f_frsize
             if prune:
                 self._prune(conn)
+            for sink in self._bounds:
+                cursor = self._cursors.get(sink, 0)
+                row = conn.execute(Q["oldest_after"], (cursor,)).fetchone()
+                self._oldest[sink] = row[0] if row else None
             wal = self.path.with_name(self.path.name + "-wal")
             wal_bytes = wal.stat().st_size if wal.exists() else 0
             # TRUNCATE waits (busy_timeout) for readers of older snapshots, and the
@@ -668,6 +790,15 @@ def _settle(conn: sqlite3.Connection, s: Settlement) -> None:
         conn.execute(Q["delete_retries_upto"], {"sink": s.sink, "seq": s.cursor})
     for retry in s.retries:
         conn.execute(Q["upsert_retry"], (s.sink, *retry))
+    if s.missed is not None:
+        m = s.missed
+        row = {"sink": s.sink, "first_seq": m.first_seq, "last_seq": m.last_seq,
+               "count": m.count, "first_at": m.first_at, "last_at": m.last_at,
+               "reason": m.reason}  # fmt: skip
+        if not conn.execute(Q["extend_missed"], row).rowcount:
+            conn.execute(Q["insert_missed"], row)
+    for marker_id in s.markers_done:
+        conn.execute(Q["delete_missed"], {"id": marker_id})
 
 
 def _json_array(seqs: Sequence[int]) -> str:

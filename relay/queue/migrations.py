@@ -42,6 +42,11 @@ def _redelivery_newer(db: Database) -> None:
     db.execute(Q["add_redelivery_newer"])
 
 
+@MIGRATIONS(name="0004_missed_events")
+def _missed_events(db: Database) -> None:
+    db.execute(Q["create_missed"])
+
+
 def migrate(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:

@@ -243,3 +243,55 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events (coalesce(event_time, '
 
 -- name: add_redelivery_newer
 ALTER TABLE redeliveries ADD COLUMN newer TEXT;
+
+-- Schema version 4: missed-events markers. A sink that sheds past its backlog bound
+-- (ON_FULL=shed), or whose cursor points into a range retention already pruned, is owed one
+-- `relay:MissedEvents` marker per range, delivered in order before anything after it.
+
+-- name: create_missed
+CREATE TABLE IF NOT EXISTS missed (
+    id        INTEGER PRIMARY KEY,
+    sink      TEXT    NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    count     INTEGER,            -- events of the range for the sink; NULL when not known
+    first_at  REAL,               -- received_at of the first and last of them
+    last_at   REAL,
+    reason    TEXT    NOT NULL    -- max_backlog | max_backlog_bytes | max_backlog_age | pruned
+);
+
+-- name: missed_for
+-- The markers a sink is owed, oldest range first.
+SELECT id, first_seq, last_seq, count, first_at, last_at, reason
+FROM missed WHERE sink = :sink ORDER BY first_seq;
+
+-- name: extend_missed
+-- A range that starts where the sink's last owed marker of the same reason ends joins it:
+-- one marker per gap, however long the sink stays behind.
+UPDATE missed
+SET last_seq = :last_seq, count = count + :count,
+    first_at = coalesce(first_at, :first_at), last_at = coalesce(:last_at, last_at)
+WHERE id = (SELECT id FROM missed WHERE sink = :sink AND reason = :reason
+            AND last_seq = :first_seq - 1 ORDER BY id DESC LIMIT 1);
+
+-- name: insert_missed
+INSERT INTO missed (sink, first_seq, last_seq, count, first_at, last_at, reason)
+VALUES (:sink, :first_seq, :last_seq, :count, :first_at, :last_at, :reason);
+
+-- name: delete_missed
+DELETE FROM missed WHERE id = :id;
+
+-- name: entries_between
+-- The events of a range, e.g. to count what a sink misses (the caller applies its rules).
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events WHERE seq > :after AND seq <= :upto ORDER BY seq;
+
+-- name: first_seq_after
+SELECT min(seq) FROM events WHERE seq > :seq;
+
+-- name: first_seq_received
+-- Past a sink's cursor, the first event young enough for its MAX_BACKLOG_AGE (read from the
+-- cursor on: only what is shed is scanned).
+SELECT seq FROM events WHERE seq > :after AND received_at >= :since ORDER BY seq LIMIT 1;

@@ -11,6 +11,12 @@ A stale event (older than one the sink already had of the same object, STALE=fla
 marked: `"relayStale": true` in minio and records, the extension attribute
 `"relaystale": true` in cloudevents, `"stale": true` in envelope. `raw` is the record
 alone and cannot carry a mark (the webhook sink adds the header `Relay-Stale: true`).
+
+The relay's own `relay:MissedEvents` marker (relay/delivery/missed.py) goes out in every
+format too: minio `{"EventName": "relay:MissedEvents", "Key": "", "Records": [marker]}`,
+records `{"Records": [marker]}`, raw the marker alone, cloudevents type
+`s3-notify-relay.MissedEvents` from source `s3-notify-relay`, envelope namespace `relay`,
+operation `missed-events`.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ def render(entry: LogEntry, fmt: str) -> bytes:
         # "bucket/key", and the record unchanged.
         return b"".join((
             b'{"EventName":', _json.encode(event.event_name),
-            b',"Key":', _json.encode(f"{event.bucket}/{event.key}"),
+            b',"Key":', _json.encode(f"{event.bucket}/{event.key}" if event.bucket else ""),
             b',"Records":[', event.record, b"]", end,
         ))  # fmt: skip
     if fmt == "records":
@@ -83,6 +89,17 @@ def cloudevent_attributes(entry: LogEntry) -> dict[str, str]:
     """The CloudEvents 1.0 context attributes of an event (as Ceph names them: type
     `com.amazonaws.s3.<name>`, source `<eventSource>.<region>.<bucket>`, subject the key)."""
     event = entry.event
+    if event.event_name.startswith("relay:"):  # the relay's own events (relay:MissedEvents)
+        attributes = {
+            "specversion": "1.0",
+            "id": event.event_id,
+            "source": "s3-notify-relay",
+            "type": "s3-notify-relay." + event.event_name.removeprefix("relay:"),
+            "datacontenttype": "application/json",
+        }
+        if event.event_time:
+            attributes["time"] = event.event_time
+        return attributes
     o = origin(entry)
     attributes = {
         "specversion": "1.0",
@@ -140,6 +157,8 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 def operation(event_name: str) -> tuple[str, str]:
     """`s3:ObjectCreated:CompleteMultipartUpload` →
     ("storage.object", "created.multipart-complete")."""
+    if event_name.startswith("relay:"):  # relay:MissedEvents → ("relay", "missed-events")
+        return "relay", _kebab(event_name.removeprefix("relay:"))
     parts = event_name.removeprefix("s3:").split(":")
     family = parts[0]
     namespace = "storage.bucket" if family.startswith("Bucket") else "storage.object"

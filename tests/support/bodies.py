@@ -29,3 +29,10 @@ def minio_body(bucket: str, key: str, n: int, event: str = "s3:ObjectCreated:Put
         "source": {"host": "10.0.0.7", "port": "", "userAgent": "test"},
     }  # fmt: skip
     return json.dumps({"EventName": event, "Key": f"{bucket}/{key}", "Records": [record]}).encode()
+
+
+def records_body(bucket: str, keys_and_ns: list[tuple[str, int]]) -> bytes:
+    """One `{"Records": [...]}` body (AWS/Ceph shape) holding several MinIO-style records: the
+    relay stores them in this order, with consecutive seqs."""
+    records = [json.loads(minio_body(bucket, key, n))["Records"][0] for key, n in keys_and_ns]
+    return json.dumps({"Records": records}).encode()
