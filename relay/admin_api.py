@@ -351,11 +351,13 @@ async def sinks(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     names = list(a.dispatchers)
 
-    def read(conn: sqlite3.Connection) -> tuple[list[stats.SinkStats], dict[str, int], int]:
+    def read(
+        conn: sqlite3.Connection,
+    ) -> tuple[list[stats.SinkStats], dict[str, int], int, list[stats.Orphan]]:
         return ([stats.sink_stats(conn, n) for n in names], stats.dead_letter_counts(conn),
-                stats.quarantine_count(conn))  # fmt: skip
+                stats.quarantine_count(conn), stats.orphans(conn))  # fmt: skip
 
-    per_sink, dead, quarantined = await a.read(read)
+    per_sink, dead, quarantined, orphans = await a.read(read)
     now = time.time()
     totals = delivered_totals()
     out = []
@@ -364,7 +366,8 @@ async def sinks(request: web.Request) -> web.Response:
         out.append({
             "name": s.sink, "type": s.sink.split(":", 1)[0], "state": _state(d),
             "up": d.up, "paused": d.paused, "cursor": s.cursor, "pending": s.pending,
-            "redeliveries": s.redeliveries,
+            "redeliveries": s.redeliveries, "parked": s.parked,
+            "holds_ingest": s.sink in a.log.blocked_by,
             "oldest_pending_age": round(max(0.0, now - s.oldest), 3) if s.oldest else None,
             "dead_letters": dead.get(s.sink, 0),
             "delivered_total": int(totals.get(s.sink, 0)),
@@ -372,8 +375,9 @@ async def sinks(request: web.Request) -> web.Response:
         })  # fmt: skip
     body = {
         "sinks": out,
+        "orphaned": [dataclasses.asdict(o) for o in orphans],
         "log": {"events": a.log.events, "bytes": a.log.bytes, "pressure": a.log.pressure,
-                "quarantined": quarantined},
+                "blocked_by": list(a.log.blocked_by), "quarantined": quarantined},
     }  # fmt: skip
     return _json(body)
 

@@ -14,7 +14,14 @@ from pathlib import Path
 from aiohttp import web
 
 from relay import admin_api, ingest, metrics, sinks, tls
-from relay.config import ConfigError, Settings, SinkSpec, load_settings, load_sinks
+from relay.config import (
+    ConfigError,
+    Settings,
+    SinkSpec,
+    load_settings,
+    load_sinks,
+    parse_start,
+)
 from relay.delivery.dispatcher import Dispatcher, Policy
 from relay.queue import fsck
 from relay.queue.fsck import LogDamaged
@@ -98,7 +105,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     names = [s.name for s in outputs]
     policies = {s.name: Policy.from_spec(spec, s) for s, spec in zip(outputs, config.specs)}
     event_log.set_sinks(names, {name: policy.bound for name, policy in policies.items()})
-    await event_log.init_cursors(names)
+    starts = {name: parse_start(policy.start) for name, policy in policies.items()}
+    await event_log.init_cursors(starts)
     metrics.install(event_log, names)
 
     dispatchers = {

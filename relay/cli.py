@@ -18,7 +18,7 @@ from typing import Any
 from relay import __version__, app, audit, logs, progress, sinks, tail
 from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option
 from relay.events import Unparseable, parse_body
-from relay.queue import admin, fsck, stats
+from relay.queue import admin, fsck, lifecycle, stats
 from relay.rules import (
     Rule,
     format_verdicts,
@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     queue.add_parser("stats", help="events, cursors and backlog per sink").set_defaults(
         run=cmd_queue_stats
     )
+
+    sinks_cmd = sub.add_parser("sinks", help="sinks in the log").add_subparsers(metavar="action")
+    forget = sinks_cmd.add_parser(
+        "forget", help="remove what the log keeps for a sink that is no longer configured"
+    )
+    forget.add_argument("name", help="the sink, <type>:<id> (see `relay queue stats`)")
+    forget.set_defaults(run=cmd_sinks_forget)
 
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(metavar="action")
     d = dlq.add_parser("list")
@@ -301,13 +308,37 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
         quarantined = stats.quarantine_count(conn)
         print(f"events in log: {events}")
         print(f"quarantined bodies: {quarantined}")
-        print(f"{'sink':<28} {'cursor':>10} {'pending':>10} {'oldest pending':>16} {'dead':>8}")
+        print(f"{'sink':<28} {'cursor':>10} {'pending':>10} {'oldest pending':>16} "
+              f"{'dead':>8} {'parked':>8}")  # fmt: skip
         now = time.time()
         for spec in config.specs:
             s = stats.sink_stats(conn, spec.name)
             age = f"{now - s.oldest:.1f}s" if s.oldest else "-"
             print(f"{spec.name:<28} {s.cursor:>10} {s.pending:>10} {age:>16} "
-                  f"{dead.get(spec.name, 0):>8}")  # fmt: skip
+                  f"{dead.get(spec.name, 0):>8} {s.parked:>8}")  # fmt: skip
+        orphans = stats.orphans(conn)
+        if orphans:
+            print("orphaned sinks (no longer configured; pin nothing; `relay sinks forget NAME`):")
+            for o in orphans:
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(o.orphaned_at))
+                print(f"  {o.sink:<26} cursor {o.cursor}, dead letters {o.dead_letters}, "
+                      f"redeliveries {o.redeliveries}, since {since}")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_sinks_forget(args: argparse.Namespace) -> int:
+    config = _config()
+    if args.name in {spec.name for spec in config.specs}:
+        raise admin.AdminError(
+            f"{args.name} is configured: remove it from the configuration (and restart) first"
+        )
+    with admin.connect(_db(config)) as conn, admin.transaction(conn):
+        counts = lifecycle.forget(conn, args.name)
+    if not counts["cursor"]:
+        raise admin.AdminError(f"the log holds nothing for a sink named {args.name}")
+    print(f"forgot {args.name}: {counts['dead_letters']} dead letters, "
+          f"{counts['redeliveries']} redeliveries, {counts['retries']} retry schedules, "
+          f"{counts['missed']} markers; the events they pinned go at the next pruning")  # fmt: skip
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -92,6 +93,18 @@ def parse_int(text: str) -> int:
         return int(text.strip())
     except ValueError:
         raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def parse_start(text: str) -> str | float:
+    """A sink's START: `latest`, `earliest` or an RFC 3339 time (as unix seconds)."""
+    word = text.strip().lower()
+    if word in ("latest", "earliest"):
+        return word
+    try:
+        stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not latest, earliest or an RFC 3339 time") from None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
 
 
 def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -452,6 +465,16 @@ class SinkConfig(msgspec.Struct, kw_only=True, frozen=True):
             "then carries on."
         ),
     ] = "block"
+    start: Annotated[
+        str,
+        Key(
+            "Where a new sink (or one configured again after it was removed) starts: `latest` "
+            "(what arrives from now on), `earliest` (the oldest event the log holds; a sink "
+            "configured again resumes from its old cursor) or an RFC 3339 time. A range "
+            "retention pruned, or skipped while the sink was removed, is announced by a "
+            "`relay:MissedEvents` marker, never skipped in silence."
+        ),
+    ] = "latest"
     stale: Annotated[
         Literal["auto", "deliver", "flag", "drop"],
         Key(
@@ -643,4 +666,9 @@ def _make_spec(
         for key in ("batch_size", "concurrency", "max_parked"):
             if values[key] < 1:
                 raise ConfigError(f"{spec.variable(key)}: must be at least 1")
+        if "start" in values:
+            try:
+                parse_start(values["start"])
+            except ValueError as exc:
+                raise ConfigError(f"{spec.variable('start')}: {exc}") from None
     return spec

@@ -169,11 +169,20 @@ class LogCollector(Collector):
         )  # fmt: skip
         for sink in self.sinks:
             blocked.add_metric([sink], 1 if sink in log.blocked_by else 0)
+        orphaned = GaugeMetricFamily(
+            "relay_sink_orphaned",
+            "1 for a sink the log keeps state for that is no longer configured (it pins no "
+            "event; its state goes after RELAY_RETENTION, or with `relay sinks forget`).",
+            labels=["sink"],
+        )  # fmt: skip
+        for orphan in stats.orphans(conn):
+            orphaned.add_metric([orphan.sink], 1)
         yield pending
         yield oldest
         yield dead
         yield parked
         yield blocked
+        yield orphaned
         yield GaugeMetricFamily(
             "relay_quarantined", "Bodies in quarantine.", value=stats.quarantine_count(conn)
         )

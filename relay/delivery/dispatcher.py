@@ -54,6 +54,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     max_backlog_bytes: int = 0
     max_backlog_age: float = 0.0
     on_full: str = "block"  # block | shed
+    start: str = "latest"  # where a new sink starts (relay/queue/lifecycle.py)
     stale: str = "flag"  # deliver | flag | drop (auto is resolved by from_spec)
     quick_attempts: int = QUICK_ATTEMPTS
 
@@ -165,14 +166,17 @@ class Dispatcher:
         if not await self._start_sink():
             return
         failures = 0
-        while not self._stop.is_set():
-            if self.paused:
+        # Once started, one round runs even if a stop came meanwhile: what waits for company
+        # (BATCH_WAIT) goes now rather than after the restart.
+        while True:
+            if self.paused and not self._stop.is_set():
                 await self._until_resumed()
                 continue
             try:
                 if not self._loaded:
                     await asyncio.to_thread(self._load)
-                await self._round()
+                if not self.paused:
+                    await self._round()
                 failures = 0
             except Exception as exc:  # the log itself failing (disk full, I/O error)
                 failures += 1
@@ -180,6 +184,8 @@ class Dispatcher:
                 log.error("dispatch round failed; trying again",
                           extra={"sink": self.name, "error": error})  # fmt: skip
                 await self._sleep(backoff(failures, self.policy.backoff_max) + 0.1)
+            if self._stop.is_set():
+                break
         with contextlib.suppress(Exception):  # already logged by the round that saw it fail
             await self._settled()
 
@@ -192,16 +198,7 @@ class Dispatcher:
             if self.router.matches(self.name, entry.event):
                 self.newest.delivered(lane(entry.event), order_token(entry.event))
         self.markers = self.log.missed(self.name)
-        self._pruned_gap = self._find_pruned_gap()
         self._loaded = True
-
-    def _find_pruned_gap(self) -> Missed | None:
-        """Seqs are never reused and only delete makes holes: events right past the cursor
-        that are gone were pruned (or lost to a repair) before this sink had them."""
-        first = self.log.first_seq_after(self.cursor)
-        if first is None or first <= self.cursor + 1:
-            return None
-        return Missed(self.cursor + 1, first - 1, None, None, None, "pruned")
 
     async def _round(self) -> None:
         """One batch: read, send, settle. Nothing is acked unless the settle commits."""
@@ -216,6 +213,8 @@ class Dispatcher:
             await self._settled()
             await self._idle()
             return
+        if self._pruned_gap is not None and not work.entries and not work.held:
+            return  # the next round settles the gap's marker first
         if not work.entries and not work.held:  # a window with nothing for this sink
             await self._settle(Settlement(self.name, cursor=work.scan_end), work)
             return
@@ -277,6 +276,13 @@ class Dispatcher:
             rows = await asyncio.to_thread(self.log.entries_after, self.cursor, room)
             if not rows:
                 return work if work.entries or work.held else None
+            if rows[0].seq > self.cursor + 1:
+                # Seqs are never reused and only deletes make holes: events right past the
+                # cursor that are gone were pruned (or lost to a repair) before the sink had
+                # them. Owed a marker, sent before what follows them.
+                gap = Missed(self.cursor + 1, rows[0].seq - 1, None, None, None, "pruned")
+                self._pruned_gap = gap
+                return work if work.entries or work.held else _Work()
             self._select(rows, room, work)
             if work.redelivered or not self._should_wait(work):
                 return work
@@ -355,11 +361,11 @@ class Dispatcher:
         if cut <= self.cursor and gap is None:
             return
         settlement = Settlement(self.name)
-        if cut > self.cursor:
+        if gap is not None:  # first; a shed, if any, comes with the next round
+            settlement.cursor, settlement.missed = gap.last_seq, gap
+        else:
             settlement.cursor = cut
             settlement.missed = await asyncio.to_thread(self._count_missed, cut, reason)
-        else:
-            settlement.missed = gap
         await self._settled()
         await self.log.settle(settlement)
         missed = settlement.missed

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import msgspec
 
 from relay.events import Event
-from relay.queue import migrations
+from relay.queue import lifecycle, migrations
 from relay.queue.fsck import LogDamaged
 from relay.queue.queries import Q
 
@@ -330,14 +330,30 @@ class Log:
 
         return int(await self._submit(insert))
 
-    async def init_cursors(self, sinks: Sequence[str]) -> None:
-        def init(conn: sqlite3.Connection) -> None:
-            now = time.time()
-            for sink in sinks:
-                conn.execute(Q["init_cursor"], (sink, now))
-            self._cursors = {sink: seq for sink, seq, _ in conn.execute(Q["list_cursors"])}
+    async def init_cursors(
+        self, sinks: Sequence[str] | Mapping[str, str | float]
+    ) -> lifecycle.Started:
+        """Place each configured sink's cursor (a new one where its START says; a sequence
+        of names starts each at `latest`) and mark the sinks no longer configured orphaned
+        (relay/queue/lifecycle.py)."""
+        starts = sinks if isinstance(sinks, Mapping) else dict.fromkeys(sinks, "latest")
 
-        await self._submit(init)
+        def init(conn: sqlite3.Connection) -> lifecycle.Started:
+            started = lifecycle.start_sinks(conn, starts, time.time())
+            self._cursors = {sink: seq for sink, seq, _ in conn.execute(Q["list_cursors"])}
+            return started
+
+        started: lifecycle.Started = await self._submit(init)
+        for sink in started.orphaned:
+            log.warning(
+                "sink in the log but no longer configured: it pins no event, and its state "
+                "goes after RELAY_RETENTION (or now: relay sinks forget NAME)",
+                extra={"sink": sink},
+            )
+        for sink in started.returned:
+            log.info("sink configured again: it starts afresh where its START says",
+                     extra={"sink": sink})  # fmt: skip
+        return started
 
     async def settle(self, s: Settlement) -> None:
         await self.settle_nowait(s)
@@ -738,6 +754,16 @@ class Log:
     def _prune(self, conn: sqlite3.Connection) -> None:
         """Delete delivered events past retention (or, near the high-water mark, every
         delivered event), in range deletes of PRUNE_CHUNK rows per transaction."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            expired = lifecycle.expire_orphans(conn, time.time() - self.retention)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            _rollback(conn)
+            raise
+        for sink, counts in expired.items():
+            log.info("orphaned sink forgotten after RELAY_RETENTION",
+                     extra={"sink": sink, **counts})  # fmt: skip
         max_seq = conn.execute(Q["max_seq"]).fetchone()[0]
         cursors = [conn.execute(Q["get_cursor"], (s,)).fetchone() for s in self._sinks]
         done_upto = min([c[0] if c else 0 for c in cursors], default=max_seq)
@@ -745,12 +771,14 @@ class Log:
         first_kept = conn.execute(Q["first_seq_since"], (cutoff,)).fetchone()
         upto = min(done_upto, first_kept[0] - 1 if first_kept else max_seq)
         low = conn.execute(Q["min_event_seq"]).fetchone()[0] - 1
+        sinks = msgspec.json.encode(list(self._sinks)).decode()
         deleted = 0
         while low < upto:
             high = min(low + PRUNE_CHUNK, upto)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                deleted += conn.execute(Q["prune_range"], (low, high)).rowcount
+                bounds = {"low": low, "high": high, "sinks": sinks}
+                deleted += conn.execute(Q["prune_range"], bounds).rowcount
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 _rollback(conn)

@@ -47,6 +47,11 @@ def _missed_events(db: Database) -> None:
     db.execute(Q["create_missed"])
 
 
+@MIGRATIONS(name="0005_sink_life_cycle")
+def _sink_life_cycle(db: Database) -> None:
+    db.execute(Q["add_cursor_orphaned_at"])
+
+
 def migrate(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:

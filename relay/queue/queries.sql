@@ -120,15 +120,18 @@ SELECT coalesce(max(seq), 0) FROM events;
 SELECT seq FROM events WHERE received_at >= ? ORDER BY seq LIMIT 1;
 
 -- name: prune_range
--- Range delete of delivered events past retention; rows a dead letter or redelivery still
--- needs are kept, and so are the other events of an object with a dead letter: retrying it
--- checks them to tell whether the sink has since had a newer event of the object (stale).
+-- Range delete of delivered events past retention; rows a dead letter or redelivery of a
+-- configured sink (:sinks, a JSON array) still needs are kept, and so are the other events
+-- of an object with such a dead letter: retrying it checks them to tell whether the sink
+-- has since had a newer event of the object (stale). A sink no longer configured pins
+-- nothing.
 DELETE FROM events
-WHERE seq > ? AND seq <= ?
-  AND seq NOT IN (SELECT seq FROM dead_letters)
-  AND seq NOT IN (SELECT seq FROM redeliveries)
+WHERE seq > :low AND seq <= :high
+  AND seq NOT IN (SELECT seq FROM dead_letters WHERE sink IN (SELECT value FROM json_each(:sinks)))
+  AND seq NOT IN (SELECT seq FROM redeliveries WHERE sink IN (SELECT value FROM json_each(:sinks)))
   AND (bucket, key) NOT IN (
-      SELECT o.bucket, o.key FROM dead_letters d JOIN events o ON o.seq = d.seq);
+      SELECT o.bucket, o.key FROM dead_letters d JOIN events o ON o.seq = d.seq
+      WHERE d.sink IN (SELECT value FROM json_each(:sinks)));
 
 -- name: min_event_seq
 SELECT coalesce(min(seq), 0) FROM events;
@@ -295,3 +298,60 @@ SELECT min(seq) FROM events WHERE seq > :seq;
 -- Past a sink's cursor, the first event young enough for its MAX_BACKLOG_AGE (read from the
 -- cursor on: only what is shed is scanned).
 SELECT seq FROM events WHERE seq > :after AND received_at >= :since ORDER BY seq LIMIT 1;
+
+-- Schema version 5: the sink life cycle. A sink in the log that is no longer configured is
+-- an orphan from `orphaned_at`: it pins nothing, and its state goes after RELAY_RETENTION
+-- (or at once, `relay sinks forget`).
+
+-- name: add_cursor_orphaned_at
+ALTER TABLE cursors ADD COLUMN orphaned_at REAL;
+
+-- name: cursor_rows
+SELECT sink, seq, orphaned_at FROM cursors ORDER BY sink;
+
+-- name: start_cursor
+-- A new sink, or one configured again after it was removed, starts where START says.
+INSERT INTO cursors (sink, seq, updated_at, orphaned_at) VALUES (:sink, :seq, :now, NULL)
+ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq, updated_at = :now, orphaned_at = NULL;
+
+-- name: orphan_cursor
+UPDATE cursors SET orphaned_at = :now WHERE sink = :sink AND orphaned_at IS NULL;
+
+-- name: forget_parked
+-- The retry schedules and parked events of a sink's previous life.
+DELETE FROM redeliveries WHERE sink = :sink AND reason = 'parked';
+
+-- name: forget_retries
+DELETE FROM retries WHERE sink = :sink;
+
+-- name: forget_redeliveries
+DELETE FROM redeliveries WHERE sink = :sink;
+
+-- name: forget_dead_letters
+DELETE FROM dead_letters WHERE sink = :sink;
+
+-- name: forget_missed
+DELETE FROM missed WHERE sink = :sink;
+
+-- name: forget_cursor
+DELETE FROM cursors WHERE sink = :sink;
+
+-- name: orphans_past
+-- Orphaned sinks whose state has been kept for RELAY_RETENTION.
+SELECT sink FROM cursors WHERE orphaned_at IS NOT NULL AND orphaned_at < :before;
+
+-- name: seq_before_time
+-- Where a sink that starts at a time begins: before the first event received then or later.
+SELECT coalesce(
+    (SELECT seq FROM events WHERE received_at >= :since ORDER BY seq LIMIT 1) - 1,
+    (SELECT coalesce(max(seq), 0) FROM events));
+
+-- name: oldest_event
+SELECT seq, received_at FROM events ORDER BY seq LIMIT 1;
+
+-- name: orphans
+-- Sinks the log keeps state for that the configuration no longer has, with what they hold.
+SELECT c.sink AS sink, c.seq AS cursor, c.orphaned_at AS orphaned_at,
+       (SELECT count(*) FROM dead_letters d WHERE d.sink = c.sink) AS dead_letters,
+       (SELECT count(*) FROM redeliveries r WHERE r.sink = c.sink) AS redeliveries
+FROM cursors c WHERE c.orphaned_at IS NOT NULL ORDER BY c.sink;

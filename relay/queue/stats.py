@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from relay.queue.queries import Q
 
@@ -40,3 +41,25 @@ def dead_letter_counts(conn: sqlite3.Connection) -> dict[str, int]:
 
 def quarantine_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute(Q["quarantine_count"]).fetchone()[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A sink the log holds state for but the configuration no longer has."""
+
+    sink: str
+    cursor: int
+    orphaned_at: float
+    dead_letters: int
+    redeliveries: int
+
+
+def orphans(conn: sqlite3.Connection) -> list[Orphan]:
+    return [Orphan(**row) for row in _rows(conn, Q["orphans"])]
+
+
+def _rows(conn: sqlite3.Connection, sql: str) -> list[dict[str, Any]]:
+    """Rows by column name (the query's AS names)."""
+    cur = conn.execute(sql)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur]
