@@ -6,6 +6,9 @@ head; it sends every event past that position that passes the filters (`bucket`,
 `event` with the rules' wildcards), then waits for the next commit that appends events. So
 a client that reconnects with the last id it saw misses nothing the log still holds.
 
+Events retention pruned before the client saw them (a hole in the seqs past its position)
+are announced by a `relay:MissedEvents` event in their place, never skipped in silence.
+
 Bounded: the log is read a page at a time, and the next page only once the previous one was
 written to the socket. A client that takes no data for WRITE_TIMEOUT seconds is cut off
 (its reconnect resumes from its last id); at most MAX_STREAMS streams at once. A comment
@@ -27,8 +30,9 @@ from typing import Any, TextIO
 from aiohttp import web
 
 from relay.config import ConfigError
+from relay.delivery import missed as missed_events
 from relay.events import Event
-from relay.queue.log import Log, LogEntry, entry_from_row
+from relay.queue.log import Log, LogEntry, Missed, entry_from_row
 from relay.queue.queries import Q
 from relay.rules import compile_event_patterns
 
@@ -194,10 +198,18 @@ async def stream(request: web.Request, hub: Hub) -> web.StreamResponse:
             changed = hub.changed()
             rows: Sequence[LogEntry] = await hub.read(_page(after, PAGE))
             if rows:
-                chunk = "".join(sse_event(r) for r in rows if flt.matches(r.event))
-                after = rows[-1].seq
-                if chunk:
-                    await _send(response, chunk)
+                parts = []
+                for row in rows:
+                    if row.seq > after + 1:
+                        # seqs are never reused: a hole is events retention pruned before
+                        # this client saw them, said rather than skipped
+                        gap = Missed(after + 1, row.seq - 1, None, None, None, "pruned")
+                        parts.append(sse_event(missed_events.entry("live-tail", gap)))
+                    if flt.matches(row.event):
+                        parts.append(sse_event(row))
+                    after = row.seq
+                if parts:
+                    await _send(response, "".join(parts))
                 continue
             waits = {asyncio.ensure_future(changed.wait()),
                      asyncio.ensure_future(hub.closing.wait())}  # fmt: skip
@@ -267,6 +279,10 @@ def event_line(event: dict[str, Any]) -> str:
     """`2026-03-04T10:11:12.345Z  s3:ObjectCreated:Put  photos/2024/cat 1.jpg`"""
     at = dt.datetime.fromtimestamp(event["received_at"], dt.UTC)
     stamp = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    if event["event_name"] == missed_events.EVENT_NAME:
+        r = event["record"]
+        gap = f"seqs {r['first_seq']}-{r['last_seq']} ({r['reason']})"
+        return f"{stamp}  {event['event_name']}  {gap}"
     return f"{stamp}  {event['event_name']}  {event['bucket']}/{event['key']}"
 
 

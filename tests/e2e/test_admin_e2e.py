@@ -662,3 +662,31 @@ async def test_progress_bars_on_a_terminal_and_nothing_when_piped(
     assert code == 0, shown
     assert re.search(r"  events \[[#.]+\] [\d ]+/[\d ]+ keys", shown), shown
     assert "repaired:" in shown
+
+
+async def test_live_tail_says_what_retention_pruned_before_the_client_saw_it(
+    receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    # near its high-water mark (90 % of RELAY_MAX_EVENTS) the log prunes every delivered event
+    relay = await relay_factory(env(webhook("MAIN", receiver), RELAY_MAX_EVENTS="10")).start()
+    assert (
+        await ingest(relay, [minio_body("photos", f"p{n}.jpg", n) for n in range(1, 10)])
+        == [200] * 9
+    )
+    await receiver.wait_for(9)
+
+    async def pruned() -> bool:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(relay.url + "/metrics") as response:
+                return "\nrelay_log_events 0.0" in await response.text()
+
+    await eventually(pruned, timeout=30)
+    async with aiohttp.ClientSession() as session:
+        stream = await open_stream(session, relay, "", **{"Last-Event-ID": "2"})
+        await stream.next()  # the opening
+        assert await ingest(relay, [minio_body("photos", "p10.jpg", 10)]) == [200]
+        marker, event = await stream.event(), await stream.event()
+    assert marker["event_name"] == "relay:MissedEvents" and marker["seq"] == 9
+    assert (marker["record"]["first_seq"], marker["record"]["last_seq"]) == (3, 9)
+    assert marker["record"]["reason"] == "pruned"
+    assert (event["seq"], event["key"]) == (10, "p10.jpg")
