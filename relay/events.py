@@ -38,6 +38,10 @@ class Event:
     sender_event_id: str | None = None  # Ceph's record-level eventId
     metadata: dict[str, str] = field(default_factory=dict)  # user metadata, lower-case keys
     tags: dict[str, str] = field(default_factory=dict)
+    # The objects a multi-object request acted on (MinIO's DeleteObjects audit entry lists
+    # up to 1 000): one event, as the store logged one request, whose key filters match
+    # when any of them matches; `key` is empty then.
+    objects: tuple[str, ...] = ()
     event_id: str = ""  # hex of the dedup key's hash; filled by make_event_id()
 
     def dedup_parts(self) -> tuple[str, ...]:
@@ -206,10 +210,15 @@ class _Source(msgspec.Struct):
     userAgent: str | None = None
 
 
+class _ApiObject(msgspec.Struct):
+    objectName: str = ""
+
+
 class _Api(msgspec.Struct):
     name: str | None = None
     bucket: str | None = None
     object: str | None = None
+    objects: list[_ApiObject] | None = None  # a multi-object request (DeleteObjects)
 
 
 class _Record(msgspec.Struct):
@@ -336,6 +345,7 @@ def _audit_event(rec: _Record, raw: bytes, source: str) -> Event:
         event_name=canonical_event_name("Audit:" + (api.name or "Unknown")),
         bucket=api.bucket or "",
         key=api.object or "",
+        objects=tuple(o.objectName for o in api.objects or () if o.objectName),
         record=raw,
         event_time=event_time,
         principal=rec.accessKey or None,

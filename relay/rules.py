@@ -330,6 +330,14 @@ class _CompiledRule:
         hi = max_size if max_size is not None else float("inf")
         metadata = self.metadata
         tags = self.tags
+        keyed = bool(prefix or suffix or search is not None)
+
+        def keys_match(key: str) -> bool:
+            if prefix and not key.startswith(prefix):
+                return False
+            if suffix and not key.endswith(suffix):
+                return False
+            return search is None or search(key) is not None
 
         def match(event: Event) -> bool:
             if not all_events:
@@ -340,13 +348,12 @@ class _CompiledRule:
                 return False
             if sources is not None and event.source not in sources:
                 return False
-            key = event.key
-            if prefix and not key.startswith(prefix):
-                return False
-            if suffix and not key.endswith(suffix):
-                return False
-            if search is not None and search(key) is None:
-                return False
+            if keyed:
+                if event.objects:  # a multi-object request: any of its objects
+                    if not any(keys_match(key) for key in event.objects):
+                        return False
+                elif not keys_match(event.key):
+                    return False
             if sized:
                 size = event.size
                 if size is None or size < lo or size > hi:
@@ -368,6 +375,16 @@ class _CompiledRule:
 
         return match
 
+    def _key_fails(self, key: str) -> str | None:
+        rule = self.rule
+        if rule.prefix and not key.startswith(rule.prefix):
+            return f"prefix {_q(rule.prefix)} does not match key {_q(key)}"
+        if rule.suffix and not key.endswith(rule.suffix):
+            return f"suffix {_q(rule.suffix)} does not match key {_q(key)}"
+        if self.regex is not None and self.regex.search(key) is None:
+            return f"key_regex {_q(rule.key_regex or '')} does not match key {_q(key)}"
+        return None
+
     def why_not(self, event: Event) -> str | None:
         """The first failing filter, in the same order as `match`; None when it matches."""
         rule = self.rule
@@ -377,12 +394,11 @@ class _CompiledRule:
             return f"bucket {_q(event.bucket)} is not in buckets {_qlist(rule.buckets)}"
         if self.sources is not None and event.source not in self.sources:
             return f"source {_q(event.source)} is not in sources {_qlist(rule.sources)}"
-        if rule.prefix and not event.key.startswith(rule.prefix):
-            return f"prefix {_q(rule.prefix)} does not match key {_q(event.key)}"
-        if rule.suffix and not event.key.endswith(rule.suffix):
-            return f"suffix {_q(rule.suffix)} does not match key {_q(event.key)}"
-        if self.regex is not None and self.regex.search(event.key) is None:
-            return f"key_regex {_q(rule.key_regex or '')} does not match key {_q(event.key)}"
+        failures = [self._key_fails(key) for key in event.objects or (event.key,)]
+        if all(failures):
+            if event.objects:
+                return f"none of the objects {_qlist(list(event.objects))} matches: {failures[0]}"
+            return failures[0]
         if rule.min_size is not None or rule.max_size is not None:
             if event.size is None:
                 return "size is unknown (the sender gave none) and the rule has a size filter"

@@ -163,8 +163,18 @@ class _Command:
 
 
 _STOP = object()
+
+
+class _Attrs(msgspec.Struct):
+    """The `attrs` column: what an event has besides its scalar columns."""
+
+    metadata: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    objects: tuple[str, ...] = ()
+
+
 _ATTRS = msgspec.json.Encoder()
-_ATTRS_DECODER = msgspec.json.Decoder(dict[str, dict[str, str]])
+_ATTRS_DECODER = msgspec.json.Decoder(_Attrs)
 
 
 class Log:
@@ -836,8 +846,11 @@ def _json_array(seqs: Sequence[int]) -> str:
 def event_row(e: Event, received_at: float) -> tuple[Any, ...]:
     """The `insert_event` parameters of an event."""
     attrs = None
-    if e.metadata or e.tags:
-        attrs = _ATTRS.encode({"metadata": e.metadata, "tags": e.tags}).decode()
+    if e.metadata or e.tags or e.objects:
+        fields: dict[str, object] = {"metadata": e.metadata, "tags": e.tags}
+        if e.objects:
+            fields["objects"] = e.objects
+        attrs = _ATTRS.encode(fields).decode()
     return (
         e.event_id, received_at, e.source, e.dialect, e.event_name, e.bucket, e.key, e.size, e.etag,
         e.version_id, e.sequencer, e.event_time, e.principal, e.source_ip, e.user_agent,
@@ -847,12 +860,12 @@ def event_row(e: Event, received_at: float) -> tuple[Any, ...]:
 
 def entry_from_row(row: Sequence[Any]) -> LogEntry:
     """A row of `events_after`, `redeliveries_for` or `replay_select` as a LogEntry."""
-    attrs = _ATTRS_DECODER.decode(row[18]) if row[18] else {}
+    attrs = _ATTRS_DECODER.decode(row[18]) if row[18] else _Attrs()
     event = Event(
         source=row[3], dialect=row[4], event_name=row[5], bucket=row[6], key=row[7],
         record=bytes(row[19]), size=row[8], etag=row[9], version_id=row[10], sequencer=row[11],
         event_time=row[12], principal=row[13], source_ip=row[14], user_agent=row[15],
-        request_id=row[16], sender_event_id=row[17], metadata=attrs.get("metadata", {}),
-        tags=attrs.get("tags", {}), event_id=row[2],
+        request_id=row[16], sender_event_id=row[17], metadata=attrs.metadata,
+        tags=attrs.tags, objects=attrs.objects, event_id=row[2],
     )  # fmt: skip
     return LogEntry(seq=row[0], received_at=row[1], event=event)

@@ -299,3 +299,12 @@ async def test_damage_found_in_the_background_refuses_ingest_for_good(tmp_path: 
         assert event_log.pressure == "log_damaged"
     finally:
         await event_log.close()
+
+
+async def test_the_objects_of_a_multi_object_request_are_kept_in_the_log(log: Log) -> None:
+    event = minio_event("b", "", 1)
+    event.objects = ("q1/a.pdf", "q2/é.pdf")
+    event.metadata = {}
+    await log.append([event])
+    (entry,) = await asyncio.to_thread(log.entries_after, 0, 10)
+    assert entry.event.objects == ("q1/a.pdf", "q2/é.pdf")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import replace
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import ConfigError
-from relay.events import Event, canonical_event_name
+from relay.events import Event, canonical_event_name, parse_body
 from relay.rules import (
     Router,
     Rule,
@@ -1146,3 +1147,23 @@ def test_toml_round_trip_property(tmp_path_factory, rules):
     path = tmp_path_factory.mktemp("rt") / "rules.toml"
     path.write_text(rules_to_toml(rules), encoding="utf-8")
     assert rules_from_toml(path) == rules
+
+
+def test_a_multi_object_delete_matches_when_any_of_its_objects_does() -> None:
+    """MinIO's DeleteObjects audit entry lists every object of the request: one event whose
+    key filters match when one of its objects matches (senders.md §4.5)."""
+    entry = {
+        "version": "1", "time": "2026-03-04T10:11:12.345Z", "event": "", "trigger": "incoming",
+        "api": {"name": "DeleteObjects", "bucket": "reports", "status": "OK", "statusCode": 200,
+                "objects": [{"objectName": "q1/a.pdf"}, {"objectName": "q2/é.pdf"},
+                            {"objectName": "q3/c.csv", "versionId": "v1"}]},
+        "remotehost": "198.51.100.7", "requestID": "184A2B7C9D0E0001", "accessKey": "k",
+    }  # fmt: skip
+    (event,) = parse_body(json.dumps(entry).encode(), {}, "minio").events
+    assert event.objects == ("q1/a.pdf", "q2/é.pdf", "q3/c.csv") and event.key == ""
+    q2 = Router([Rule("q2", prefix="q2/", sinks=("file:x",))], ["file:x"])
+    assert q2.matches("file:x", event)
+    pdf_in_q3 = Router([Rule("r", prefix="q3/", suffix=".pdf", sinks=("file:x",))], ["file:x"])
+    assert not pdf_in_q3.matches("file:x", event)  # one object must match every key filter
+    (compiled,) = pdf_in_q3._compiled
+    assert "none of the objects" in (compiled.why_not(event) or "")
