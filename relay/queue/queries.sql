@@ -69,18 +69,8 @@ WHERE sink = :sink AND seq IN (SELECT value FROM json_each(:seqs));
 INSERT INTO redeliveries (sink, seq, reason) VALUES (:sink, :seq, 'parked')
 ON CONFLICT (sink, seq) DO UPDATE SET reason = 'parked';
 
--- name: orphan_redeliveries
--- Redeliveries whose event was purged meanwhile; the dispatcher drops them.
-DELETE FROM redeliveries WHERE sink = ? AND seq NOT IN (SELECT seq FROM events);
-
 -- name: get_cursor
 SELECT seq FROM cursors WHERE sink = ?;
-
--- name: init_cursor
--- A new sink starts at the head of the log: it receives what arrives from now on; older
--- events reach it only through an explicit replay.
-INSERT OR IGNORE INTO cursors (sink, seq, updated_at)
-VALUES (?, (SELECT coalesce(max(seq), 0) FROM events), ?);
 
 -- name: advance_cursor
 UPDATE cursors SET seq = max(seq, ?), updated_at = ? WHERE sink = ?;
@@ -190,9 +180,6 @@ WHERE received_at >= ? AND received_at < ?
   AND (? IS NULL OR bucket = ?)
   AND (? IS NULL OR substr(key, 1, length(?)) = ?)
 ORDER BY seq;
-
--- name: insert_redelivery
-INSERT OR IGNORE INTO redeliveries (sink, seq, reason) VALUES (?, ?, ?);
 
 -- name: list_cursors
 SELECT sink, seq, updated_at FROM cursors ORDER BY sink;
