@@ -172,10 +172,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
 
 
 async def reload(config: Config, dispatchers: Mapping[str, Dispatcher]) -> None:
-    """SIGHUP: read the rules (RELAY_RULE_* and RELAY_RULES_FILE) and the TLS files again.
-    New rules are checked whole before any dispatcher sees them; invalid ones leave the
-    running rules in place. Sinks come from the environment, which a running process cannot
-    re-read: changing them takes a restart (the log keeps every event meanwhile)."""
+    """SIGHUP: read the rules file (RELAY_RULES_FILE) and the TLS files again. New rules are
+    checked whole before any dispatcher sees them; invalid ones leave the running rules in
+    place. RELAY_RULE_* and the sinks come from the environment, which a running process
+    cannot re-read (os.environ is the one it started with): changing them takes a restart
+    (the log keeps every event meanwhile)."""
     try:
         router = load_router(os.environ, config.settings, list(dispatchers))
     except ConfigError as exc:

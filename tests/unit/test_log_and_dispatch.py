@@ -19,7 +19,7 @@ from relay.delivery.dispatcher import Dispatcher, Policy
 from relay.events import Event
 from relay.queue import admin, stats
 from relay.queue import log as log_module
-from relay.queue.log import Log, LogEntry
+from relay.queue.log import Log, LogEntry, Settlement
 from relay.rules import Router, Rule
 from relay.sinks.base import Health, Permanent, Result, Retryable
 from tests.support.damage import damage_record_page
@@ -308,3 +308,42 @@ async def test_the_objects_of_a_multi_object_request_are_kept_in_the_log(log: Lo
     await log.append([event])
     (entry,) = await asyncio.to_thread(log.entries_after, 0, 10)
     assert entry.event.objects == ("q1/a.pdf", "q2/é.pdf")
+
+
+async def _delivered_and_pruned(event_log: Log, sink: str) -> None:
+    """Move the sink's cursor past every event, then wait for retention to prune them."""
+    await event_log.settle(Settlement(sink, cursor=event_log.last_seq))
+    await eventually(lambda: event_log.events == 0)
+
+
+async def test_a_resend_after_retention_pruned_the_event_is_stored_again(tmp_path: Path) -> None:
+    """The dedup window is RELAY_RETENTION: within it a sender's resend is a duplicate, past
+    it (the event delivered and pruned) the same event is new again."""
+    event_log = Log(tmp_path / "r.db", retention=0.3, prune_every=0.1)
+    event_log.open()
+    try:
+        event_log.set_sinks(["s:x"])
+        await event_log.init_cursors(["s:x"])
+        event = minio_event("b", "k", 1)
+        assert (await event_log.append([event])).accepted == 1
+        assert (await event_log.append([event])).duplicates == 1  # inside the window
+        await _delivered_and_pruned(event_log, "s:x")
+        assert (await event_log.append([event])).accepted == 1  # past it
+    finally:
+        await event_log.close()
+
+
+async def test_near_the_high_water_mark_the_dedup_window_shrinks(tmp_path: Path) -> None:
+    """Retention of a day, but the log at 90 % of RELAY_MAX_EVENTS: every delivered event is
+    pruned at once, and a resend of one is stored again."""
+    event_log = Log(tmp_path / "r.db", retention=86400, max_events=10, prune_every=3600)
+    event_log.open()
+    try:
+        event_log.set_sinks(["s:x"])
+        await event_log.init_cursors(["s:x"])
+        events = [minio_event("b", f"k{n}", n) for n in range(9)]
+        await event_log.append(events)
+        await _delivered_and_pruned(event_log, "s:x")
+        assert (await event_log.append([events[0]])).accepted == 1
+    finally:
+        await event_log.close()
