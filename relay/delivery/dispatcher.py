@@ -14,9 +14,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import msgspec
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
 from relay import metrics
@@ -52,7 +53,10 @@ class Policy:
 
     @classmethod
     def from_spec(cls, spec: SinkSpec, sink: Sink | None = None) -> Policy:
-        c = spec.typed(SinkConfig)
+        # only the policy's own keys: a sink may give a common key its own values (the
+        # Redis and SQL sinks' FORMAT=namespace), which SinkConfig would refuse
+        policy = {f.name for f in fields(cls)}
+        c = msgspec.convert({k: v for k, v in spec.options.items() if k in policy}, SinkConfig)
         stale = c.stale if c.stale != "auto" else getattr(sink, "stale_default", "flag")
         return cls(
             batch_size=c.batch_size,
