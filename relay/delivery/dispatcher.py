@@ -364,11 +364,15 @@ class Dispatcher:
             retry=retry_if_result(unfinished_left),
             retry_error_callback=lambda state: None,
         )
+        resent = 0  # acknowledged events that go again after an earlier failure
         async for attempt in retrying:
             with attempt:
+                if resent:
+                    metrics.RESENDS.labels(self.name).inc(resent)
                 for i, result in zip(todo, await self._send_once([batch[i] for i in todo])):
                     results[i] = result
                 todo = unfinished(batch, results)
+                resent = sum(1 for i in todo if results[i] is None)
             if self._stop.is_set():
                 break
         return results

@@ -204,6 +204,32 @@ async def test_a_later_event_acknowledged_before_an_earlier_failure_is_sent_agai
     assert resends(sink.name) - before == 2
 
 
+async def test_every_copy_a_quick_retry_sends_again_is_counted(log: Log) -> None:
+    """The in-process retries of a batch send an acknowledged later event again with the
+    earlier one each time: each copy is a resend."""
+    sink = BatchDouble("double:quick")
+    failures = {"left": 2}
+
+    def verdict(e: LogEntry) -> Result:
+        if num(e) == 1 and failures["left"]:
+            failures["left"] -= 1
+            return Retryable("ack timed out")
+        return None
+
+    sink.verdict = verdict
+    log.set_sinks([sink.name])
+    await log.init_cursors([sink.name])
+    before = resends(sink.name)
+    d = Dispatcher(sink, log, Router([], [sink.name]), Policy(backoff_max=0.05, quick_attempts=3))
+    task = asyncio.create_task(d.run())
+    await log.append([event("obj", 1), event("obj", 2), event("obj", 3)])
+    await eventually(lambda: failures["left"] == 0 and len(sink.received) >= 7)
+    await finish(d, task)
+    assert last_occurrence_order(sink.received, "obj") == [1, 2, 3]
+    twice = len(sink.received) - len({e.seq for e in sink.received})
+    assert twice == 4 and resends(sink.name) - before == twice
+
+
 @pytest.mark.parametrize("double", [BatchDouble, EventDouble])
 async def test_a_poison_object_is_parked_and_every_other_object_flows(
     log: Log, double: type[BatchDouble]
