@@ -426,7 +426,7 @@ class Dispatcher:
         if outcome.progressed:
             self._mark_up()
         elif outcome.failing and work.source != "parked":
-            self._mark_down(self.redact(outcome.failing[0][3]))
+            self._mark_down(outcome.failing[0][3])
         for entry, attempts, _, error in outcome.failing:
             if entry is not outcome.held_at and lane(entry.event) not in self.parked:
                 log.warning(
@@ -478,10 +478,12 @@ class Dispatcher:
             log.info("sink up", extra={"sink": self.name})
 
     def _mark_down(self, error: str) -> None:
+        """`error` may be a start error or a health detail straight from the sink: it is
+        redacted here, like every error the dispatcher logs."""
         if self.up is not False:
             self.up = False
             metrics.SINK_UP.labels(self.name).set(0)
-            log.warning("sink down", extra={"sink": self.name, "error": error})
+            log.warning("sink down", extra={"sink": self.name, "error": self.redact(error)})
 
 
 async def _first_of(*waits: Any, within: float | None = None) -> None:
