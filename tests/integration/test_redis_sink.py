@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from relay import metrics, sinks
+from relay import cli, metrics, sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
 from relay.queue import stats
@@ -397,6 +397,21 @@ async def test_mutual_tls(tmp_path: Path) -> None:
         minio = env("MINIO", "", ADDRESS=f"127.0.0.1:{server.port}", KEY="q", FORMAT="access",
                     **files)  # fmt: skip
         await asyncio.wait_for(_started(minio), 10)
+
+
+def test_check_shows_the_url_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """URL is not a secret key (most hold no password), so `relay check` prints it: with
+    the password masked, also in the refusal it reports."""
+    require_server(6379, "Redis", START_SHARED)
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    for variable, value in env(URL="redis://relay:hunter2-pw@127.0.0.1:6379/0").items():
+        monkeypatch.setenv(variable, value)
+    assert cli.main(["check"]) == 1  # no such user: refused
+    out = capsys.readouterr().out
+    assert "url = redis://***@127.0.0.1:6379/0" in out and "reachable: NO" in out
+    assert "hunter2-pw" not in out
 
 
 # -- configuration -----------------------------------------------------------------------------
