@@ -22,9 +22,10 @@ def client_context(
     """A verifying client context (the system CAs unless the `ca` key names a bundle), with
     the client certificate when one is set. `ca`, `cert`, `key` name the sink's keys that
     hold the files. ConfigError names the variable of a bad file."""
-    files = config if config is not None else spec.typed(SinkConfig)
+    # without the sink's Config, the raw option values (converting them to SinkConfig
+    # would refuse a sink's own values of a common key, e.g. the SQL sinks' FORMAT)
     ca_file, cert_file, key_file = (
-        getattr(files, name, None) or spec.options.get(name) or "" for name in (ca, cert, key)
+        getattr(config, name, None) or spec.options.get(name) or "" for name in (ca, cert, key)
     )
     if key_file and not cert_file:
         raise ConfigError(f"{spec.variable(cert)}: required with {spec.variable(key)}")
