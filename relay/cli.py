@@ -212,13 +212,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     healthy = True
     for spec, sink in zip(config.specs, outputs):
         print(f"sink {spec.name}:")
+        # a value that is not a secret itself may hold one (a password in a URL)
+        hide = redact.for_spec(spec)
         for key, value in spec.redacted().items():
             if value not in ("", None, ()) and key not in ("enable", "comment"):
-                print(f"  {key} = {_show(value)}")
+                print(f"  {key} = {hide(_show(value))}")
         health = asyncio.run(_probe(sink))
         healthy &= health.ok
-        detail = redact.for_spec(spec)(health.detail)
-        print(f"  reachable: {'yes' if health.ok else 'NO'} ({detail})")
+        print(f"  reachable: {'yes' if health.ok else 'NO'} ({hide(health.detail)})")
     print(f"rules: {len(config.router.rules)}")
     for warning in config.warnings:
         print(f"warning: {warning}")

@@ -413,7 +413,7 @@ class Dispatcher:
         (result,) = await self._deliver([missed_events.entry(self.name, marker)], 1)
         if isinstance(result, Retryable):
             self._marker_failures += 1
-            self._mark_down(self.redact(exc_text(result)))
+            self._mark_down(exc_text(result))
             await self._sleep(backoff(self._marker_failures, self.policy.backoff_max) + 0.05)
             return
         self._marker_failures = 0
@@ -571,7 +571,7 @@ class Dispatcher:
         if outcome.progressed:
             self._mark_up()
         elif outcome.held_at is not None:  # nothing went through: the target is down
-            self._mark_down(self.redact(outcome.failing[-1][3]))
+            self._mark_down(outcome.failing[-1][3])
         for entry, attempts, _, error in outcome.failing:
             if entry is not outcome.held_at and lane(entry.event) not in self.parked:
                 log.warning(
@@ -623,10 +623,12 @@ class Dispatcher:
             log.info("sink up", extra={"sink": self.name})
 
     def _mark_down(self, error: str) -> None:
+        """`error` may be a start error or a health detail straight from the sink: it is
+        redacted here, like every error the dispatcher logs."""
         if self.up is not False:
             self.up = False
             metrics.SINK_UP.labels(self.name).set(0)
-            log.warning("sink down", extra={"sink": self.name, "error": error})
+            log.warning("sink down", extra={"sink": self.name, "error": self.redact(error)})
 
 
 async def _first_of(*waits: Any, within: float | None = None) -> None:

@@ -7,8 +7,9 @@ same, and is here:
 - `get()` opens a client when there is none, bounded by the sink's timeout; a failure is a
   `Retryable` for the whole batch ("cannot connect to …");
 - after a failed open, the next one waits out a backoff (exponential with full jitter,
-  tenacity's), so a target that is down is not dialled by every batch; while waiting,
-  `get()` fails at once with the last error;
+  tenacity's, never shorter than `least_wait`: a sink's own reconnect interval), so a
+  target that is down is not dialled by every batch; while waiting, `get()` fails at once
+  with the last error;
 - `drop(reason)` throws a broken client away: it is closed in the background, bounded by
   the timeout, never awaited by a send (several libraries hang closing while their target
   is down: aiokafka#1101);
@@ -41,12 +42,14 @@ class Connection(Generic[T]):
         open_: Callable[[], Awaitable[T]],
         close: Callable[[T], Awaitable[object]],
         timeout: float,
+        least_wait: float = 0.0,
     ) -> None:
         self.sink = sink
         self.where = where  # what to name in errors: "kafka at h1:9092" (no secrets)
         self._open = open_
         self._close = close
         self.timeout = timeout
+        self.least_wait = least_wait
         self.client: T | None = None
         self.opened = 0  # clients made so far
         self.dropped = 0  # clients thrown away as broken
@@ -85,7 +88,7 @@ class Connection(Generic[T]):
         self._failures += 1
         state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         state.attempt_number = self._failures
-        self._not_before = time.monotonic() + _WAIT(state)
+        self._not_before = time.monotonic() + max(self.least_wait, _WAIT(state))
         self._last_error = error
         raise exc if exc is not None else Retryable(error)
 

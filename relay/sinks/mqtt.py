@@ -1,13 +1,17 @@
 """MQTT sink: publishes each event to a topic, as MinIO's and RustFS's MQTT targets do.
 
 With QOS 1 (the default) an event counts as delivered once the broker's PUBACK for it has
-arrived (QOS 2: its PUBCOMP). A batch is published in order on one connection and every
-acknowledgement is awaited; an event whose acknowledgement does not come is sent again, so
-a subscriber may see it twice (MQTT 3.1.1 has no message id to dedupe on: use
-FORMAT=cloudevents to carry the event id in the body). QOS 0 is fire-and-forget: "delivered"
-only means written to the socket, and a broker that goes away loses it. The relay owns the
-connection: after any error it is dropped and opened again on the next attempt, and nothing
-waits in the MQTT client's own memory; undelivered events stay in the relay's log.
+arrived (QOS 2: its PUBCOMP). Up to CONCURRENCY events are in flight at once on one
+connection, one object's events one after the other; an event whose acknowledgement does
+not come is sent again, so a subscriber may see it twice (MQTT 3.1.1 has no message id to
+dedupe on: use FORMAT=cloudevents to carry the event id in the body). QOS 0 is
+fire-and-forget: "delivered" only means written to the socket, and a broker that goes away
+loses it. MQTT 3.1.1 has no negative acknowledgement either: a publish the broker's ACL
+denies is acknowledged and dropped (Mosquitto), so check the ACL of the relay's user.
+
+The relay owns the connection: after any error it is dropped and opened again on the next
+attempt (at least RECONNECT_INTERVAL after a failed one), and nothing waits in the MQTT
+client's own memory; undelivered events stay in the relay's log.
 """
 
 from __future__ import annotations
@@ -15,248 +19,198 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
-from relay.config import ConfigError, Option, SinkSpec
+from relay.config import ConfigError, Duration, Key, SinkConfig, SinkSpec
 from relay.queue.log import LogEntry
-from relay.sinks.base import Health, Permanent, Result, Retryable
+from relay.sinks import clientlogs
+from relay.sinks.base import DeliveryError, Health, Permanent, Retryable, exc_text
+from relay.sinks.connection import Connection
 from relay.sinks.formats import render
 from relay.sinks.template import render_template, validate_template
 from relay.sinks.tls import client_context
 
-log = logging.getLogger("relay.sinks.mqtt")
-
 TYPE = "mqtt"
-OPTIONS = (
-    Option(
-        "broker",
-        "str",
-        "",
-        "Broker: `host:port`, `tcp://host:port` (also `mqtt://`), or `ssl://host:port` "
-        "for TLS (also `tls://`, `mqtts://`). MQTT over WebSocket is not supported.",
-        required=True,
-    ),
-    Option(
-        "topic",
-        "str",
-        "",
-        "Topic each event is published to; may hold `{bucket}`, `{event}`, `{source}`.",
-        required=True,
-    ),
-    Option(
-        "qos",
-        "int",
-        1,
-        "1: delivered once the broker acknowledged it (PUBACK). 2: PUBCOMP. 0: "
-        "fire-and-forget, lost if the broker goes away (MinIO's default; not recommended).",
-    ),
-    Option("username", "str", "", "User name."),
-    Option("password", "str", "", "Password of USERNAME.", secret=True),
-    Option("tls_ca", "str", "", "PEM CA bundle that signs the broker's certificate."),
-    Option("tls_client_cert", "str", "", "PEM client certificate for mutual TLS."),
-    Option("tls_client_key", "str", "", "PEM key of TLS_CLIENT_CERT."),
-    Option(
-        "keep_alive_interval",
-        "duration",
-        30.0,
-        "MQTT keep-alive: the broker (and the client) drop a connection silent for 1.5 times this.",
-    ),
-    Option(
-        "reconnect_interval",
-        "duration",
-        5.0,
-        "Least time between two connection attempts after a failed one.",
-    ),
-    Option("retain", "bool", False, "Publish with the retain flag."),
-)
 
-_USERINFO = re.compile(r"//[^/@\s]*@")
+
+class Config(SinkConfig, kw_only=True, frozen=True):
+    broker: Annotated[
+        str,
+        Key(
+            "Broker: `host:port`, `tcp://host:port` (also `mqtt://`), or `ssl://host:port` "
+            "for TLS (also `tls://`, `mqtts://`). MQTT over WebSocket is not supported.",
+            required=True,
+        ),
+    ] = ""
+    topic: Annotated[
+        str,
+        Key(
+            "Topic each event is published to; may hold `{bucket}`, `{event}`, `{source}`.",
+            required=True,
+        ),
+    ] = ""
+    qos: Annotated[
+        int,
+        Key(
+            "1: delivered once the broker acknowledged it (PUBACK). 2: PUBCOMP. 0: "
+            "fire-and-forget, lost if the broker goes away (MinIO's default; not recommended)."
+        ),
+    ] = 1
+    username: Annotated[str, Key("User name.")] = ""
+    password: Annotated[str, Key("Password of USERNAME.", secret=True)] = ""
+    tls_ca: Annotated[str, Key("PEM CA bundle that signs the broker's certificate.")] = ""
+    tls_client_cert: Annotated[str, Key("PEM client certificate for mutual TLS.")] = ""
+    tls_client_key: Annotated[str, Key("PEM key of TLS_CLIENT_CERT.")] = ""
+    keep_alive_interval: Annotated[
+        Duration,
+        Key(
+            "MQTT keep-alive: the broker (and the client) drop a connection silent for 1.5 "
+            "times this."
+        ),
+    ] = 30.0
+    reconnect_interval: Annotated[
+        Duration, Key("Least time between two connection attempts after a failed one.")
+    ] = 5.0
+    retain: Annotated[bool, Key("Publish with the retain flag.")] = False
+
+
 # CONNACK codes of a refused login (MQTT 3.1.1: 4, 5; as paho reports them for v5: 134, 135)
 _REFUSED_LOGIN = {4, 5, 134, 135}
+# paho's and aiomqtt's own lines (every connect, publish and acknowledgement at debug level)
+_client_log = logging.getLogger("aiomqtt")
+# paho's blocking connect runs in a thread bounded by its own 5 s, before the CONNACK wait
+_CONNECT_SOCKET = 6.0
+
+
+@dataclass(eq=False)
+class _Session:
+    """One connection to the broker."""
+
+    client: aiomqtt.Client
+    lost: asyncio.Task[None]  # done once the connection is gone
 
 
 class MqttSink:
     def __init__(self, spec: SinkSpec) -> None:
         self.name = spec.name
-        self.format = spec["format"]
-        self.timeout: float = spec["timeout"]
-        self.topic: str = spec["topic"]
-        validate_template(self.topic, spec.variable("topic"))
-        if "+" in self.topic or "#" in self.topic:
+        self.config = config = spec.typed(Config)
+        self.timeout = config.timeout
+        validate_template(config.topic, spec.variable("topic"))
+        if "+" in config.topic or "#" in config.topic:
             raise ConfigError(f"{spec.variable('topic')}: wildcards (+, #) cannot be published to")
-        self.qos: int = spec["qos"]
-        if self.qos not in (0, 1, 2):
+        if config.qos not in (0, 1, 2):
             raise ConfigError(f"{spec.variable('qos')}: must be 0, 1 or 2")
-        self.retain: bool = spec["retain"]
-        self.keepalive = max(1, round(spec["keep_alive_interval"]))
-        self.reconnect_interval: float = spec["reconnect_interval"]
-        self.batch_size: int = spec["batch_size"]
-        self.client_options = _client_options(spec)
+        self.client_options = _client_options(spec, config)
         self.where = f"{self.client_options['hostname']}:{self.client_options['port']}"
-        # a secret under 4 characters would be "found" inside ordinary words
-        self.secrets = [s for s in (spec["password"],) if len(s) >= 4]
         # a unique id: two relays (or a restart racing the old session) never kick each other
         self.identifier = f"s3-notify-relay-{spec.id}-{uuid.uuid4().hex[:8]}"
-        self.client: aiomqtt.Client | None = None
-        self.stack: contextlib.AsyncExitStack | None = None
-        self.watcher: asyncio.Task[None] | None = None  # ends when the connection is lost
-        self.failed_at = 0.0
-        self.last_error = ""
+        self.connection: Connection[_Session] = Connection(
+            self.name,
+            f"mqtt broker {self.where}",
+            self._open,
+            _close,
+            self.timeout + _CONNECT_SOCKET,
+            least_wait=config.reconnect_interval,
+        )
+        clientlogs.quiet(_client_log.name)
 
-    # -- connection ---------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self.client is None:
-            await self._connect(respect_interval=False)
-
-    async def _connect(self, respect_interval: bool = True) -> aiomqtt.Client:
-        waited = time.monotonic() - self.failed_at
-        if respect_interval and waited < self.reconnect_interval:
-            raise Retryable(
-                f"not connected to {self.where} ({self.last_error}); next attempt in "
-                f"{self.reconnect_interval - waited:.1f}s"
-            )
+    async def _open(self) -> _Session:
+        concurrency = self.config.concurrency
         client = aiomqtt.Client(
             identifier=self.identifier,
-            keepalive=self.keepalive,
+            keepalive=max(1, round(self.config.keep_alive_interval)),
             timeout=self.timeout,
             # paho keeps unsent QoS>0 messages in memory for a reconnect that never comes
-            # (we make a new client instead); bounding its queue bounds that memory
-            max_queued_outgoing_messages=self.batch_size,
-            max_inflight_messages=self.batch_size,
-            logger=log,  # paho's chatter under the sink's logger, not a bare "mqtt"
+            # (a broken client is replaced, not reconnected); bounding its queue bounds that
+            max_queued_outgoing_messages=concurrency,
+            max_inflight_messages=concurrency,
+            logger=_client_log,
             **self.client_options,
         )
-        # every publish of a batch is in flight at once; that is expected, not a leak
-        client.pending_calls_threshold = self.batch_size + 1
-        stack = contextlib.AsyncExitStack()
+        # every lane's publish in flight at once is expected, not a leak
+        client.pending_calls_threshold = concurrency + 1
         try:
-            # paho's blocking connect runs in a thread bounded by its own 5 s connect
-            # timeout, the CONNACK wait by `timeout`; the outer bound covers both
-            async with asyncio.timeout(self.timeout + 6):
-                await stack.enter_async_context(client)
+            await client.__aenter__()
         except Exception as exc:
-            self.failed_at = time.monotonic()
-            self.last_error = self._describe(exc)
             if _refused_login(exc):
                 # the sink stays down and events wait until the login is fixed
-                raise Retryable(f"{self.where} refused the login: {self.last_error}") from None
-            raise Retryable(f"cannot connect to {self.where}: {self.last_error}") from None
-        self.client, self.stack = client, stack
-        self.watcher = asyncio.create_task(_until_disconnected(client))
-        self.last_error = ""
-        return client
+                raise Retryable(f"{self.where} refused the login: {_describe(exc)}") from None
+            raise Retryable(f"cannot connect to {self.where}: {_describe(exc)}") from None
+        return _Session(client, asyncio.create_task(_until_disconnected(client)))
 
-    async def _drop(self) -> None:
-        stack, self.stack, self.client = self.stack, None, None
-        watcher, self.watcher = self.watcher, None
-        if watcher is not None:
-            watcher.cancel()
-        if stack is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(min(self.timeout, 2.0)):
-                    await stack.aclose()
+    async def _session(self) -> _Session:
+        session = await self.connection.get()
+        if session.lost.done():
+            # lost since the last event (broker restart, keep-alive expiry): publishing on
+            # it would only fail; a new connection, at once
+            self._drop(session, "connection lost")
+            session = await self.connection.get()
+        return session
 
-    # -- sending ------------------------------------------------------------------------------
+    def _drop(self, session: _Session, reason: str) -> None:
+        # another lane may have replaced it already
+        if self.connection.client is session:
+            self.connection.drop(reason)
 
-    async def send(self, batch: Sequence[LogEntry]) -> list[Result]:
-        if self.watcher is not None and self.watcher.done():
-            # lost since the last batch (broker restart, keep-alive expiry): publishing on
-            # this client would only fail; a new connection, at once
-            await self._drop()
-        client = self.client or await self._connect()
-        results: list[Result] = [None] * len(batch)
-        pending: list[tuple[int, asyncio.Task[None]]] = []
-        for index, entry in enumerate(batch):
-            try:
-                topic = render_template(self.topic, entry.event)
-                body = render(entry, self.format)
-            except ValueError as exc:
-                results[index] = Permanent(str(exc))
-                continue
-            if not topic or "+" in topic or "#" in topic:
-                results[index] = Permanent(f"not a topic one can publish to: {topic!r}")
-                continue
-            # Each task calls paho's publish before its first await, so the messages are
-            # queued in batch order; the broker keeps that order on one connection.
-            task = asyncio.create_task(
-                client.publish(topic, body, qos=self.qos, retain=self.retain, timeout=self.timeout)
-            )
-            pending.append((index, task))
-        if not pending:
-            return results
-        outcomes = await self._acknowledged([task for _, task in pending])
-        broken: str | None = None
-        for (index, _), outcome in zip(pending, outcomes):
-            if broken is not None:
-                # after a failure nothing later counts as delivered: it is sent again with
-                # the failed one, so events leave in order (duplicates rather than gaps)
-                results[index] = Retryable(f"not confirmed: an earlier event failed ({broken})")
-            elif isinstance(outcome, BaseException):
-                broken = self._describe(outcome)
-                results[index] = Retryable(f"publish to {self.where} failed: {broken}")
-        if broken is not None:
-            # the connection is suspect (closed, or acknowledgements stopped): a new one on
-            # the next attempt; the old client and whatever paho queued go with it
-            self.failed_at = time.monotonic() - self.reconnect_interval  # reconnect at once
-            self.last_error = broken
-            await self._drop()
-        return results
+    async def start(self) -> None:
+        await self._session()
 
-    async def _acknowledged(self, tasks: list[asyncio.Task[None]]) -> list[BaseException | None]:
-        """Wait for every acknowledgement, but no longer than `timeout`, and not at all once
-        the connection is lost (aiomqtt leaves pending publishes waiting out their timeout
-        then)."""
-        gathering = asyncio.gather(*tasks, return_exceptions=True)
-        watcher = self.watcher
-        waits: set[asyncio.Future[Any]] = {gathering} | ({watcher} if watcher else set())
-        await asyncio.wait(waits, timeout=self.timeout + 1, return_when=asyncio.FIRST_COMPLETED)
-        if gathering.done():
-            return list(gathering.result())
-        lost = watcher is not None and watcher.done()
-        reason = "connection lost" if lost else f"no acknowledgement within {self.timeout:g}s"
-        gathering.cancel()
-        outcomes: list[BaseException | None] = []
-        for task in tasks:
-            if task.done() and not task.cancelled():
-                outcomes.append(task.exception())
-            else:
-                task.cancel()
-                outcomes.append(ConnectionError(reason))
-        with contextlib.suppress(asyncio.CancelledError):
-            await gathering
-        return outcomes
-
-    # -- the rest -----------------------------------------------------------------------------
+    async def send_event(self, entry: LogEntry) -> None:
+        try:
+            topic = render_template(self.config.topic, entry.event)
+            body = render(entry, self.config.format)
+        except ValueError as exc:
+            raise Permanent(str(exc)) from None
+        if not topic or "+" in topic or "#" in topic:
+            raise Permanent(f"not a topic one can publish to: {topic!r}")
+        session = await self._session()
+        c = self.config
+        publish = asyncio.ensure_future(
+            session.client.publish(topic, body, qos=c.qos, retain=c.retain, timeout=self.timeout)
+        )
+        try:
+            # aiomqtt leaves a publish waiting out its timeout when the connection is lost
+            await asyncio.wait(
+                {publish, session.lost}, timeout=self.timeout + 1,
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+        finally:
+            if not publish.done():
+                publish.cancel()
+        if publish.done() and not publish.cancelled():
+            error = publish.exception()
+            if error is None:
+                return
+            reason = _describe(error)
+        elif session.lost.done():
+            reason = "connection lost"
+        else:
+            reason = f"no acknowledgement within {self.timeout:g}s"
+        # the connection is suspect (closed, or acknowledgements stopped): a new one on the
+        # next attempt; the old client and whatever paho queued go with it
+        self._drop(session, reason)
+        raise Retryable(f"publish to {self.where} failed: {reason}")
 
     async def close(self) -> None:
-        await self._drop()
+        await self.connection.close()
 
     async def health(self) -> Health:
         try:
-            async with asyncio.timeout(min(self.timeout + 6, 9.0)):
-                if self.client is None:
-                    await self._connect(respect_interval=False)
-        except Exception as exc:
-            return Health(False, self._describe(exc))
-        return Health(True, f"connected to {self.where} (QoS {self.qos})")
+            await self._session()
+        except DeliveryError as exc:
+            return Health(False, str(exc))
+        return Health(True, f"connected to {self.where} (QoS {self.config.qos})")
 
-    def _describe(self, exc: BaseException) -> str:
-        if isinstance(exc, aiomqtt.MqttCodeError):
-            text = f"{exc.rc}: {exc}" if str(exc) else str(exc.rc)
-        else:
-            text = str(exc) or type(exc).__name__
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return _USERINFO.sub("//***@", text)
+
+async def _close(session: _Session) -> None:
+    session.lost.cancel()
+    await session.client.__aexit__(None, None, None)
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:
@@ -267,6 +221,12 @@ async def _until_disconnected(client: aiomqtt.Client) -> None:
             pass
 
 
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiomqtt.MqttCodeError):
+        return f"{exc.rc}: {exc}" if str(exc) else str(exc.rc)
+    return exc_text(exc)
+
+
 def _refused_login(exc: BaseException) -> bool:
     if not isinstance(exc, MqttConnectError):
         return False
@@ -274,42 +234,35 @@ def _refused_login(exc: BaseException) -> bool:
     return isinstance(code, int) and code in _REFUSED_LOGIN
 
 
-def _client_options(spec: SinkSpec) -> dict[str, Any]:
-    raw: str = spec["broker"].strip()
-    url = raw if "://" in raw else f"tcp://{raw}"
-    parts = urlsplit(url)
-    shown = _USERINFO.sub("//***@", raw)
+def _client_options(spec: SinkSpec, config: Config) -> dict[str, Any]:
+    """aiomqtt's connection keywords. Errors name the variable, never echo its value."""
+    raw = config.broker.strip()
+    parts = urlsplit(raw if "://" in raw else f"tcp://{raw}")
     schemes = {"tcp": 1883, "mqtt": 1883, "ssl": 8883, "tls": 8883, "mqtts": 8883}
+    variable = spec.variable("broker")
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"{spec.variable('broker')}: {shown!r} has an invalid port") from None
+        raise ConfigError(f"{variable}: invalid port") from None
     if parts.scheme not in schemes or not parts.hostname:
-        raise ConfigError(
-            f"{spec.variable('broker')}: {shown!r} is not host:port, tcp://host:port or "
-            "ssl://host:port"
-        )
+        raise ConfigError(f"{variable}: is not host:port, tcp://host:port or ssl://host:port")
     if parts.username or parts.password:
-        raise ConfigError(
-            f"{spec.variable('broker')}: put the user in USERNAME and PASSWORD, not in the URL"
-        )
-    if spec["password"] and not spec["username"]:
+        raise ConfigError(f"{variable}: put the user in USERNAME and PASSWORD, not in the URL")
+    if config.password and not config.username:
         raise ConfigError(f"{spec.variable('username')}: required with PASSWORD")
     options: dict[str, Any] = {
         "hostname": parts.hostname,
         "port": port or schemes[parts.scheme],
-        "username": spec["username"] or None,
-        "password": spec["password"] or None,
+        "username": config.username or None,
+        "password": config.password or None,
     }
     tls = parts.scheme in ("ssl", "tls", "mqtts")
-    if spec["tls_ca"] or spec["tls_client_cert"] or spec["tls_client_key"]:
-        if not tls:
-            raise ConfigError(
-                f"{spec.variable('tls_ca')}: TLS files are set but {spec.variable('broker')} "
-                "is not ssl://"
-            )
+    if not tls and (config.tls_ca or config.tls_client_cert or config.tls_client_key):
+        raise ConfigError(
+            f"{spec.variable('tls_ca')}: TLS files are set but {variable} is not ssl://"
+        )
     if tls:
-        options["tls_context"] = client_context(spec)
+        options["tls_context"] = client_context(spec, config)
     return options
 
 

@@ -10,16 +10,19 @@ MinIO's values (`HSET <KEY> "<bucket>/<key>" {"Records":[record]}` and `HDEL` on
 durable as far as the server's persistence goes. Redis has no idempotent add before 8.6, so
 a batch resent after a lost reply may add an entry twice: stream readers dedupe on the
 `event-id` field. Namespace writes are idempotent; events of a batch are applied in order.
+
+Credentials and ACLs are for an operator to fix, so their refusals are retried, never
+dead-lettered: a refused login holds the sink; a key or channel the ACL refuses (NOPERM)
+parks the objects written there while the others go on, and what the server took of such
+an object after its refused event is sent again behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -40,104 +43,93 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from relay.config import COMMON_OPTIONS, ConfigError, Option, SinkSpec
+from relay.config import ConfigError, Duration, Key, SinkConfig, SinkSpec
 from relay.queue.log import LogEntry
-from relay.sinks.base import Health, Permanent, Result, Retryable
+from relay.sinks.base import DeliveryError, Health, Permanent, Result, Retryable, exc_text
+from relay.sinks.connection import Connection
 from relay.sinks.formats import render
 from relay.sinks.template import render_template, validate_template
 
 T = TypeVar("T")
 
 TYPE = "redis"
-_PAYLOAD_FORMATS = next(o for o in COMMON_OPTIONS if o.key == "format").choices
-_MODES = ("publish", "namespace", "access", "stream")
 _NEEDS_TYPE = {"namespace": "hash", "access": "list", "stream": "stream"}
 
-OPTIONS = (
-    Option(
-        "url",
-        "str",
-        "",
-        "Server as RustFS writes it: `redis://[user:password@]host:port[/db]`, "
-        "`rediss://` for TLS.",
-    ),
-    Option("address", "str", "", "Server as MinIO writes it: `host:port` (instead of URL)."),
-    Option("password", "str", "", "Password (AUTH).", secret=True),
-    Option(
-        "user",
-        "str",
-        "",
-        "ACL user name (MinIO's key; RustFS's USERNAME too).",
-        aliases=("USERNAME",),
-    ),
-    Option(
-        "batch_size",
-        "int",
-        1000,
-        "Most events handed to the sink at once, sent in one pipelined round trip (measured "
-        "1.2-1.4x the rate at 100).",
-    ),
-    Option("tls_ca", "str", "", "PEM CA bundle that signs the server's certificate."),
-    Option("tls_client_cert", "str", "", "PEM client certificate for mutual TLS."),
-    Option("tls_client_key", "str", "", "PEM key of TLS_CLIENT_CERT."),
-    Option(
-        "mode",
-        "choice",
-        "",
-        "`publish` (PUBLISH to CHANNEL: fire-and-forget, nothing is kept for a subscriber "
-        "that is away), `namespace` (HSET/HDEL one field per object in the hash KEY), "
-        "`access` (RPUSH to the list KEY), `stream` (XADD to the stream KEY, trimmed to "
-        "about MAXLEN). Default: `namespace` for a MINIO_NOTIFY_ sink (MinIO's default), "
-        "`publish` for a RUSTFS_NOTIFY_ one.",
-        choices=_MODES,
-    ),
-    Option(
-        "format",
-        "choice",
-        "minio",
-        "Payload shape for `publish` and `stream`: `minio`, `records`, `cloudevents` or "
-        "`raw` (see the common FORMAT). MinIO's `namespace` and `access` are accepted here "
-        "too and select that MODE, so a MinIO target block moves over unchanged.",
-        choices=(*_PAYLOAD_FORMATS, "namespace", "access"),
-    ),
-    Option(
-        "channel",
-        "str",
-        "rustfs_notify_channel",
-        "Channel of `publish` mode; may hold `{bucket}`, `{event}`, `{source}`.",
-    ),
-    Option(
-        "key",
-        "str",
-        "",
-        "Key of `namespace`, `access` and `stream` modes; may hold `{bucket}`, `{event}`, "
-        "`{source}`. Its type (hash, list, stream) is checked at start.",
-    ),
-    Option(
-        "maxlen",
-        "int",
-        1_000_000,
-        "`stream` mode: trim the stream to about this many entries (`MAXLEN ~`); 0 = never.",
-    ),
-    Option(
-        "keep_alive_interval",
-        "duration",
-        15.0,
-        "An idle connection is checked with PING before it is used again after this long.",
-    ),
-)
+
+class Config(SinkConfig, kw_only=True, frozen=True):
+    url: Annotated[
+        str,
+        Key(
+            "Server as RustFS writes it: `redis://[user:password@]host:port[/db]`, "
+            "`rediss://` for TLS."
+        ),
+    ] = ""
+    address: Annotated[str, Key("Server as MinIO writes it: `host:port` (instead of URL).")] = ""
+    password: Annotated[str, Key("Password (AUTH).", secret=True)] = ""
+    user: Annotated[
+        str, Key("ACL user name (MinIO's key; RustFS's USERNAME too).", aliases=("USERNAME",))
+    ] = ""
+    batch_size: Annotated[
+        int,
+        Key(
+            "Most events handed to the sink at once, sent in one pipelined round trip "
+            "(measured 1.2-1.4x the rate at 100)."
+        ),
+    ] = 1000
+    tls_ca: Annotated[str, Key("PEM CA bundle that signs the server's certificate.")] = ""
+    tls_client_cert: Annotated[str, Key("PEM client certificate for mutual TLS.")] = ""
+    tls_client_key: Annotated[str, Key("PEM key of TLS_CLIENT_CERT.")] = ""
+    mode: Annotated[
+        Literal["publish", "namespace", "access", "stream", ""],
+        Key(
+            "`publish` (PUBLISH to CHANNEL: fire-and-forget, nothing is kept for a subscriber "
+            "that is away), `namespace` (HSET/HDEL one field per object in the hash KEY), "
+            "`access` (RPUSH to the list KEY), `stream` (XADD to the stream KEY, trimmed to "
+            "about MAXLEN). Default: `namespace` for a MINIO_NOTIFY_ sink (MinIO's default), "
+            "`publish` for a RUSTFS_NOTIFY_ one."
+        ),
+    ] = ""
+    # MinIO's Redis target spells its mode as FORMAT: a common key with more values here
+    format: Annotated[
+        Literal["minio", "records", "cloudevents", "envelope", "raw", "namespace", "access"],
+        Key(
+            "Payload shape for `publish` and `stream`: `minio`, `records`, `cloudevents`, "
+            "`envelope` or `raw` (see the common FORMAT). MinIO's `namespace` and `access` "
+            "are accepted here too and select that MODE, so a MinIO target block moves over "
+            "unchanged."
+        ),
+    ] = "minio"  # type: ignore[assignment]
+    channel: Annotated[
+        str, Key("Channel of `publish` mode; may hold `{bucket}`, `{event}`, `{source}`.")
+    ] = "rustfs_notify_channel"
+    key: Annotated[
+        str,
+        Key(
+            "Key of `namespace`, `access` and `stream` modes; may hold `{bucket}`, `{event}`, "
+            "`{source}`. Its type (hash, list, stream) is checked at start."
+        ),
+    ] = ""
+    maxlen: Annotated[
+        int,
+        Key("`stream` mode: trim the stream to about this many entries (`MAXLEN ~`); 0 = never."),
+    ] = 1_000_000
+    keep_alive_interval: Annotated[
+        Duration,
+        Key("An idle connection is checked with PING before it is used again after this long."),
+    ] = 15.0
+
 
 _json = msgspec.json.Encoder()
-_USERINFO = re.compile(r"//[^/@\s]*@")
 
 
 class RedisSink:
     def __init__(self, spec: SinkSpec) -> None:
         self.name = spec.name
-        self.timeout: float = spec["timeout"]
-        self.mode, self.format = _mode_and_format(spec)
-        self.channel: str = spec["channel"]
-        self.key: str = spec["key"]
+        config = spec.typed(Config)
+        self.timeout = config.timeout
+        self.mode, self.format = _mode_and_format(spec, config)
+        self.channel = config.channel
+        self.key = config.key
         if self.mode == "publish":
             if not self.channel:
                 raise ConfigError(f"{spec.variable('channel')}: required with MODE=publish")
@@ -146,15 +138,15 @@ class RedisSink:
             if not self.key:
                 raise ConfigError(f"{spec.variable('key')}: required with MODE={self.mode}")
             validate_template(self.key, spec.variable("key"))
-        self.maxlen: int = spec["maxlen"]
+        self.maxlen = config.maxlen
         if self.maxlen < 0:
             raise ConfigError(f"{spec.variable('maxlen')}: must be 0 or more")
-        self.connection = _connection(spec)
-        self.connection.update(
+        options = _server(spec, config)
+        options.update(
             socket_timeout=self.timeout,
             socket_connect_timeout=min(self.timeout, 5.0),
             socket_keepalive=True,
-            health_check_interval=max(1, round(spec["keep_alive_interval"])),
+            health_check_interval=max(1, round(config.keep_alive_interval)),
             # The default connection retry is none at all (a health-check PING's error
             # escapes); three quick tries cover a server restart or a failover.
             retry=_Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
@@ -162,24 +154,34 @@ class RedisSink:
             max_connections=4,
             client_name=f"s3-notify-relay.{spec.type}.{spec.id}",
         )
-        # a secret under 4 characters would be "found" inside ordinary words
-        self.secrets = [s for s in (self.connection.get("password") or "",) if len(s) >= 4]
-        self.where = f"{self.connection['host']}:{self.connection['port']}"
-        self.client: Redis | None = None
+        self.options = options
+        self.where = f"{options['host']}:{options['port']}"
+        # redis-py's async pool can keep dead connections checked out after an outage and
+        # never recover: a client whose pipeline broke is dropped, and a new pool made
+        self.connection: Connection[Redis] = Connection(
+            self.name, f"redis at {self.where}", self._open, Redis.aclose, self.timeout
+        )
 
-    # -- connection ---------------------------------------------------------------------------
+    async def _open(self) -> Redis:
+        client = Redis(**self.options)
+        try:
+            await client.ping()
+        except Exception as exc:
+            await client.aclose()
+            raise self._classify(exc, "cannot reach") from None
+        return client
 
     async def start(self) -> None:
-        client = await self._ready()
+        client = await self.connection.get()
+        if self.mode not in _NEEDS_TYPE or _templated(self.key):
+            return
         try:
             async with asyncio.timeout(self.timeout):
-                await client.ping()
-                if self.mode in _NEEDS_TYPE and not _templated(self.key):
-                    await self._check_type(client, _literal(self.key))
-        except Permanent:
+                await self._check_type(client, _literal(self.key))
+        except DeliveryError:
             raise
         except Exception as exc:
-            await self._reset()
+            self.connection.drop(type(exc).__name__)
             raise self._classify(exc, "cannot reach") from None
 
     async def _check_type(self, client: Redis, key: str) -> None:
@@ -192,30 +194,8 @@ class RedisSink:
                 "another KEY or remove the key"
             )
 
-    async def _ready(self) -> Redis:
-        if self.client is None:
-            self.client = Redis(**self.connection)
-        return self.client
-
-    async def _reset(self) -> None:
-        """Throw the client and its pool away. redis-py's async pool can keep dead
-        connections checked out after an outage and never recover; a new pool does."""
-        client, self.client = self.client, None
-        if client is not None:
-            await _close_quietly(client)
-
-    def _discard(self) -> None:
-        """_reset for when we are being cancelled and must not wait."""
-        client, self.client = self.client, None
-        if client is not None:
-            task = asyncio.get_running_loop().create_task(_close_quietly(client))
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
-
-    # -- sending ------------------------------------------------------------------------------
-
-    async def send(self, batch: Sequence[LogEntry]) -> list[Result]:
-        client = await self._ready()
+    async def send_batch(self, batch: Sequence[LogEntry]) -> list[Result]:
+        client = await self.connection.get()
         results: list[Result] = [None] * len(batch)
         pipe = client.pipeline(transaction=False)
         staged: list[int] = []
@@ -232,23 +212,15 @@ class RedisSink:
             async with asyncio.timeout(self.timeout):
                 replies = await pipe.execute(raise_on_error=False)
         except asyncio.CancelledError:
-            self._discard()
+            self.connection.drop()
             raise
         except Exception as exc:
             # a connection cut mid-pipeline leaves the client in an unknown state
-            await self._reset()
+            self.connection.drop(f"pipeline failed: {type(exc).__name__}")
             raise self._classify(exc, "pipeline failed on") from None
         for index, reply in zip(staged, replies):
             if isinstance(reply, Exception):
                 results[index] = self._classify(reply, "command failed on")
-        # Events after a retryable failure are sent again with it, in order: a namespace
-        # HSET applied after the HDEL that followed it would bring a deleted object back.
-        first = next((i for i, r in enumerate(results) if isinstance(r, Retryable)), None)
-        if first is not None:
-            skipped = Retryable(f"not confirmed: an earlier event failed ({results[first]})")
-            for later in range(first + 1, len(results)):
-                if results[later] is None:
-                    results[later] = skipped
         return results
 
     def _stage(self, pipe: Pipeline, entry: LogEntry) -> None:
@@ -279,10 +251,11 @@ class RedisSink:
             pipe.rpush(key, value)
 
     def _classify(self, exc: BaseException, doing: str) -> Permanent | Retryable:
-        text = self._text(exc)
+        text = exc_text(exc)
         if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
-            # credentials or ACLs: the sink stays down and events wait until they are fixed,
-            # rather than the whole backlog going to the dead letters
+            # Credentials or ACLs are fixed by an operator, after which the events go: a
+            # refused login holds the sink (nothing goes through), a key or channel the
+            # ACL denies parks the objects written there while the others go on.
             return Retryable(f"{self.where} refused: {text}")
         if isinstance(exc, (TimeoutError, RedisTimeoutError)):
             return Retryable(f"{doing} {self.where}: no answer within {self.timeout:g}s")
@@ -296,32 +269,25 @@ class RedisSink:
             return Permanent(f"{self.where} refused the command: {text}")
         return Retryable(f"{doing} {self.where}: {type(exc).__name__}: {text}")
 
-    # -- the rest -----------------------------------------------------------------------------
-
     async def close(self) -> None:
-        await self._reset()
+        await self.connection.close()
 
     async def health(self) -> Health:
         try:
-            client = await self._ready()
+            client = await self.connection.get()
             async with asyncio.timeout(min(self.timeout, 8.0)):
                 await client.ping()
+        except DeliveryError as exc:
+            return Health(False, str(exc))
         except Exception as exc:
-            await self._reset()
+            self.connection.drop(type(exc).__name__)
             return Health(False, str(self._classify(exc, "cannot reach")))
         target = f"channel {self.channel}" if self.mode == "publish" else f"key {self.key}"
         return Health(True, f"{self.where} answers PING ({self.mode} to {target})")
 
-    def _text(self, exc: BaseException) -> str:
-        text = str(exc) or type(exc).__name__
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return _USERINFO.sub("//***@", text)
 
-
-def _mode_and_format(spec: SinkSpec) -> tuple[str, str]:
-    fmt: str = spec["format"]
-    mode: str = spec["mode"]
+def _mode_and_format(spec: SinkSpec, config: Config) -> tuple[str, str]:
+    fmt, mode = config.format, config.mode
     if fmt in ("namespace", "access"):
         if mode and mode != fmt:
             raise ConfigError(
@@ -340,34 +306,33 @@ def _mode_and_format(spec: SinkSpec) -> tuple[str, str]:
     return mode, fmt
 
 
-def _connection(spec: SinkSpec) -> dict[str, Any]:
-    url, address = spec["url"], spec["address"]
+def _server(spec: SinkSpec, config: Config) -> dict[str, Any]:
+    """redis-py's connection keywords. Errors name the variable, never echo its value (a
+    URL may hold a password)."""
+    url, address = config.url, config.address
     if url and address:
         raise ConfigError(f"{spec.variable('url')} and {spec.variable('address')}: set one of them")
     if not url and not address:
         raise ConfigError(f"{spec.variable('url')}: required (or ADDRESS, host:port)")
-    shown = _USERINFO.sub("//***@", url or address)
     variable = spec.variable("url" if url else "address")
     parts = urlsplit(url if url else f"redis://{address}")
     try:
         port = parts.port or 6379
     except ValueError:
-        raise ConfigError(f"{variable}: {shown!r} has an invalid port") from None
+        raise ConfigError(f"{variable}: invalid port") from None
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(
-            f"{variable}: {shown!r} is not redis://host:port[/db], rediss://… or host:port"
-        )
+        raise ConfigError(f"{variable}: is not redis://host:port[/db], rediss://… or host:port")
     db = parts.path.strip("/") or "0"
     if not db.isdigit():
-        raise ConfigError(f"{variable}: {shown!r}: the database must be a number")
-    users = {u for u in (spec["user"], unquote(parts.username or "")) if u}
+        raise ConfigError(f"{variable}: the database must be a number")
+    users = {u for u in (config.user, unquote(parts.username or "")) if u}
     if len(users) > 1:
         raise ConfigError(
             f"{spec.variable('user')}, {spec.variable('username')} and the URL name different "
             "users; keep one"
         )
-    password = spec["password"] or unquote(parts.password or "")
-    if spec["password"] and parts.password and unquote(parts.password) != spec["password"]:
+    in_url = unquote(parts.password or "")
+    if config.password and in_url and in_url != config.password:
         raise ConfigError(
             f"{spec.variable('password')} and the password in {variable} differ; keep one"
         )
@@ -376,17 +341,17 @@ def _connection(spec: SinkSpec) -> dict[str, Any]:
         "port": port,
         "db": int(db),
         "username": next(iter(users), None),
-        "password": password or None,
+        "password": config.password or in_url or None,
     }
-    tls_files = spec["tls_ca"] or spec["tls_client_cert"] or spec["tls_client_key"]
+    tls_files = config.tls_ca or config.tls_client_cert or config.tls_client_key
     if parts.scheme == "rediss" or (address and tls_files):
-        if spec["tls_client_key"] and not spec["tls_client_cert"]:
+        if config.tls_client_key and not config.tls_client_cert:
             raise ConfigError(f"{spec.variable('tls_client_cert')}: required with TLS_CLIENT_KEY")
         options.update(
             ssl=True,
-            ssl_ca_certs=spec["tls_ca"] or None,
-            ssl_certfile=spec["tls_client_cert"] or None,
-            ssl_keyfile=spec["tls_client_key"] or None,
+            ssl_ca_certs=config.tls_ca or None,
+            ssl_certfile=config.tls_client_cert or None,
+            ssl_keyfile=config.tls_client_key or None,
         )
     elif tls_files:
         raise ConfigError(
@@ -414,15 +379,6 @@ class _Retry(Retry):
             return is_retryable(error) if is_retryable is not None else True
 
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
-
-
-_closing: set[asyncio.Task[None]] = set()
-
-
-async def _close_quietly(client: Redis) -> None:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(2):
-            await client.aclose()
 
 
 def _templated(template: str) -> bool:

@@ -101,7 +101,7 @@ async def test_a_body_posted_twice_is_delivered_once_but_two_gets_are_two(
     ]
 
 
-async def test_receiver_down_1000_accepted_then_all_delivered_in_order(
+async def test_receiver_down_1000_accepted_then_all_delivered(
     receiver: Receiver, relay_factory: Callable[..., RelayProcess]
 ) -> None:
     receiver.status = 503
@@ -117,7 +117,9 @@ async def test_receiver_down_1000_accepted_then_all_delivered_in_order(
     receiver.status = 200  # the receiver comes back; the relay is not restarted
     got = await receiver.wait_for(1000, timeout=60)
     keys = [r.json()["Key"] for r in got]
-    assert keys == [f"bucket/obj-{n}" for n in range(1000)]
+    # every one, once; order is per object (a round the receiver answered half of parks
+    # the objects it refused, while the rest go on)
+    assert sorted(keys) == sorted(f"bucket/obj-{n}" for n in range(1000))
 
 
 async def test_kill_9_while_receiver_fails_loses_no_acknowledged_event(

@@ -20,10 +20,12 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from relay import sinks
+from relay import metrics, sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
+from relay.queue import stats
 from relay.queue.log import LogEntry
+from relay.sinks import redact
 from relay.sinks.amqp import AmqpSink
 from relay.sinks.base import Retryable
 from relay.sinks.formats import render
@@ -211,6 +213,68 @@ async def test_amqp_nack_is_retried_until_the_broker_accepts(
     assert ids_of(got) == [e.event_id for e in events]
 
 
+async def test_amqp_a_full_queue_parks_its_object_while_the_others_go_on_in_order(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """One object has a queue of its own (routing key per bucket) with `x-max-length` and
+    `x-overflow: reject-publish`, filled up: RabbitMQ nacks that object's publishes, and
+    only those, in the middle of a batch that CONCURRENCY 4 lanes publish. The object is
+    parked while every other object is delivered; once its queue is purged, its events
+    arrive, in order. A lane stops at its first failure, so the layer sends nothing twice:
+    the resend count stays what arrived twice, none."""
+    await broker.exchange()
+    await broker.queue("s3.open")
+    room = 10
+    full = await broker.channel.declare_queue(
+        broker.name + "-held", arguments={"x-max-length": room, "x-overflow": "reject-publish"}
+    )
+    broker.made.append(("queue", full.name))
+    await full.bind(broker.name, "s3.held")
+    for _ in range(room):  # the test's channel confirms: the queue is full after this
+        await broker.channel.default_exchange.publish(aio_pika.Message(b"filler"), full.name)
+    events = [
+        minio_event("held", "obj", n) if n % 6 == 3 else minio_event("open", f"k{n % 4}", n)
+        for n in range(48)
+    ]
+    held = [e for e in events if e.bucket == "held"]
+    others = [e for e in events if e.bucket != "held"]
+    assert len(held) <= room
+    config = env(SHARED_URL, broker.name, CONCURRENCY="4")
+    async with asyncio.timeout(60), pipeline(tmp_path, config) as pipe:
+        before = resends(pipe.sink.name)
+        await pipe.append(events)
+        delivered = await broker.read(len(others))
+        await eventually(lambda: parked(pipe), timeout=10)
+        assert "refused" in await retry_error(pipe)  # the nack
+        await full.declare()  # declared again, as it is: its message count now
+        assert full.declaration_result.message_count == room  # only the fillers
+        await full.purge()
+        await pipe.settled()
+        assert await pipe.dead_letters() == []
+        arrived = await _drain(full, len(held))
+        assert resends(pipe.sink.name) - before == 0
+    got = ids_of(delivered) + ids_of(arrived)
+    assert set(got) == {e.event_id for e in events}
+    assert len(got) - len(set(got)) == 0
+    for obj in {(e.bucket, e.key) for e in events}:
+        mine = [e.event_id for e in events if (e.bucket, e.key) == obj]
+        assert last_occurrence_order(got, mine) == mine, obj
+
+
+def last_occurrence_order(received: list[str], ids: list[str]) -> list[str]:
+    """`ids` in the order their last copies reached the target."""
+    last = {event_id: position for position, event_id in enumerate(received)}
+    return sorted(ids, key=lambda event_id: last[event_id])
+
+
+def resends(sink: str) -> float:
+    return metrics.REGISTRY.get_sample_value("relay_resends_total", {"sink": sink}) or 0.0
+
+
+async def parked(pipe: Pipeline) -> int:
+    return await pipe.log.read(lambda c: stats.sink_stats(c, pipe.sink.name).parked)
+
+
 async def test_amqp_missing_exchange_is_retried_then_delivered(
     tmp_path: Path, broker: Broker
 ) -> None:
@@ -232,7 +296,7 @@ async def test_amqp_declares_the_exchange_when_asked(tmp_path: Path, broker: Bro
     async with pipeline(tmp_path, env(SHARED_URL, broker.name, **extra)) as pipe:
         sink = pipe.sink
         assert isinstance(sink, AmqpSink)
-        await eventually(lambda: sink.connects == 1, timeout=20)
+        await eventually(lambda: sink.connection.opened == 1, timeout=20)
         await broker.queue("s3.#")  # a topic pattern: the exchange is a topic exchange
         event = minio_event("photos", "k", 1)
         await pipe.append([event])
@@ -359,7 +423,7 @@ async def test_amqp_config_credentials_and_delivery_mode() -> None:
         make(USERNAME="relay", PASSWORD="pw")
     sink = make(URL="amqp://127.0.0.1:5672/", USERNAME="relay", PASSWORD="pw")
     assert sink.url.user == "relay" and sink.url.password == "pw"
-    assert "pw" not in sink.shown_url
+    assert "pw" not in sink.where
     assert make().delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert make(PERSISTENT="off").delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
     assert (
@@ -371,19 +435,26 @@ async def test_amqp_config_credentials_and_delivery_mode() -> None:
         make(INTERNAL="on")
 
 
-async def test_amqp_password_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+async def test_amqp_password_is_never_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     for name in ("aio_pika", "aiormq", "relay"):
         caplog.set_level(logging.DEBUG, logger=name)
     secret = "Sup3r-secret-pw"
-    url = f"amqp://relay:{secret}@127.0.0.1:{free_port()}/"
-    specs, _ = load_sinks(env(url, "x"), sinks.declared_options())
-    assert specs[0].redacted()["url"] == "***"
-    sink = sinks.create(specs[0])
-    assert isinstance(sink, AmqpSink)
-    assert secret not in sink.shown_url and "***" in sink.shown_url
-    error = await _start_error(sink)  # connection refused
+    config = env(f"amqp://relay:{secret}@127.0.0.1:{free_port()}/", "x")  # nothing listens
+    (spec,), _ = load_sinks(config, sinks.declared_options())
+    assert spec.redacted()["url"] == "***"
+    shown = redact.for_spec(spec)  # what the relay logs, stores and prints goes through it
+    async with asyncio.timeout(30), pipeline(tmp_path, config) as pipe:
+        sink = pipe.sink
+        assert isinstance(sink, AmqpSink) and secret not in sink.where
+        await pipe.append([minio_event("photos", "k", 1)])
+        await eventually(lambda: pipe.dispatcher.up is False, timeout=20)
+        error = await _start_error(sink)
+        health = await sink.health()
     assert error is not None and "cannot connect" in str(error)
-    assert secret not in str(error)
+    assert secret not in shown(str(error))
+    assert not health.ok and secret not in shown(health.detail)
     assert all(secret not in record.getMessage() for record in caplog.records)
-    health = await sink.health()
-    assert not health.ok and secret not in health.detail
+    down = [r for r in caplog.records if r.getMessage() == "sink down"]
+    assert down and all(secret not in r.error for r in down)  # type: ignore[attr-defined]

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from relay import sinks
+from relay import cli, metrics, sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
+from relay.queue import stats
+from relay.sinks import redact
 from relay.sinks.base import Permanent, Retryable
-from tests.support.pipeline import minio_event, pipeline
+from tests.support.pipeline import Pipeline, minio_event, pipeline
 from tests.support.servers import redis_server, require_server, tls_files
 from tests.support.waiting import eventually
 
@@ -186,6 +188,85 @@ async def test_wrong_key_type_is_refused_at_start_and_per_event(
     assert await shared.xlen(f"{prefix}:{good_bucket}") == 2
 
 
+async def test_an_object_the_acl_refuses_is_parked_and_every_object_keeps_its_order(
+    tmp_path: Path, shared: Redis
+) -> None:
+    """The sink logs in as an ACL user that may not publish to one object's delete channel
+    (CHANNEL `<prefix>:{bucket}:{event}`, the object alone in its bucket): Redis answers
+    NOPERM to those PUBLISHes only, in the middle of a pipelined batch of many objects.
+    NOPERM is retryable, so the object is parked while the others are delivered, and the
+    events of it the server took after the refused one are sent again behind it once the
+    ACL allows the channel. One subscriber on every channel sees the PUBLISHes in the order
+    the server took them."""
+    prefix = f"relay-test:{uuid.uuid4().hex[:12]}"
+    user, password = f"relay-test-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    await shared.execute_command(
+        "ACL", "SETUSER", user, "on", f">{password}", "+@all", "resetchannels",
+        f"&{prefix}:open:*", f"&{prefix}:held:s3:ObjectCreated:*",
+    )  # fmt: skip
+    pubsub = shared.pubsub()
+    await pubsub.psubscribe(prefix + ":*")
+    await pubsub.get_message(timeout=5)  # the psubscribe confirmation
+    got: list[str] = []
+
+    async def listen() -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                got.append(json.loads(message["data"])["id"])
+
+    events = []
+    for n in range(60):
+        if n % 5 == 2:  # the held object: puts, and now and then a delete
+            kind = "s3:ObjectRemoved:Delete" if n % 15 == 7 else "s3:ObjectCreated:Put"
+            events.append(minio_event("held", "obj", n, kind))
+        else:
+            kind = "s3:ObjectRemoved:Delete" if n % 7 == 6 else "s3:ObjectCreated:Put"
+            events.append(minio_event("open", f"k{n % 4}", n, kind))
+    held = [e.event_id for e in events if e.bucket == "held"]
+    refused = [e.event_id for e in events if e.bucket == "held" and "Removed" in e.event_name]
+    others = {e.event_id for e in events if e.bucket != "held"}
+    config = env(URL=f"redis://{user}:{password}@127.0.0.1:6379/0", MODE="publish",
+                 CHANNEL=prefix + ":{bucket}:{event}", FORMAT="cloudevents")  # fmt: skip
+    listener = asyncio.create_task(listen())
+    try:
+        async with asyncio.timeout(60), pipeline(tmp_path, config) as pipe:
+            name = pipe.sink.name
+            before = resends(name)
+            await pipe.append(events)
+            await eventually(lambda: others <= set(got), timeout=20)
+            await eventually(lambda: parked(pipe, name), timeout=10)
+            assert not set(refused) & set(got)
+            await shared.execute_command("ACL", "SETUSER", user, f"&{prefix}:held:*")
+            await pipe.settled()
+            assert await pipe.dead_letters() == []
+            await eventually(lambda: set(held) <= set(got), timeout=10)
+    finally:
+        listener.cancel()
+        await pubsub.aclose()
+        await shared.execute_command("ACL", "DELUSER", user)
+    assert set(got) == {e.event_id for e in events}
+    for obj in {(e.bucket, e.key) for e in events}:
+        ids = [e.event_id for e in events if (e.bucket, e.key) == obj]
+        assert last_occurrence_order(got, ids) == ids, obj
+    twice = len(got) - len(set(got))
+    assert twice > 0 and resends(name) - before == twice
+
+
+def last_occurrence_order(received: list[str], ids: list[str]) -> list[str]:
+    """`ids` in the order their last copies reached the target (a resend repeats one)."""
+    last = {event_id: position for position, event_id in enumerate(received)}
+    return sorted(ids, key=lambda event_id: last[event_id])
+
+
+async def parked(pipe: Pipeline, sink: str) -> int:
+    return await pipe.log.read(lambda c: stats.sink_stats(c, sink).parked)
+
+
+def resends(sink: str) -> float:
+    return metrics.REGISTRY.get_sample_value("relay_resends_total", {"sink": sink}) or 0.0
+
+
 async def _started(config: dict[str, str]) -> None:
     specs, _ = load_sinks(config, sinks.declared_options())
     sink = sinks.create(specs[0])
@@ -246,7 +327,9 @@ async def test_server_down_at_start_then_delivers_without_restart(tmp_path: Path
         await reader.aclose()
 
 
-async def test_password_in_url_and_a_wrong_one(tmp_path: Path) -> None:
+async def test_password_in_url_and_a_wrong_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with redis_server(tmp_path, password="s3cret-pw") as server:
         good = env(URL=f"redis://:s3cret-pw@127.0.0.1:{server.port}/2", KEY="k", MODE="access")
         async with asyncio.timeout(20), pipeline(tmp_path, good) as pipe:
@@ -255,13 +338,27 @@ async def test_password_in_url_and_a_wrong_one(tmp_path: Path) -> None:
         reader = Redis(port=server.port, password="s3cret-pw", db=2)
         assert await reader.llen("k") == 1
         await reader.aclose()
-        wrong = env(ADDRESS=f"127.0.0.1:{server.port}", PASSWORD="not-it", KEY="k", MODE="access")
+        wrong = env(ADDRESS=f"127.0.0.1:{server.port}", PASSWORD="not-it-pw", KEY="k",
+                    MODE="access")  # fmt: skip
         with pytest.raises(Retryable, match="refused") as caught:
             await asyncio.wait_for(_started(wrong), 10)
-        assert "not-it" not in str(caught.value)
+        assert "not-it-pw" not in _redacted(wrong, str(caught.value))
+        # what the relay logs and shows of it: through the one redaction
+        async with asyncio.timeout(20), pipeline(tmp_path / "wrong", wrong) as pipe:
+            await eventually(lambda: pipe.dispatcher.up is False, timeout=10)
+            health = await pipe.sink.health()
+        assert not health.ok and "refused" in health.detail
+        assert "not-it-pw" not in _redacted(wrong, health.detail)
+        down = [r for r in caplog.records if r.getMessage() == "sink down"]
+        assert down and all("not-it-pw" not in r.error for r in down)  # type: ignore[attr-defined]
         missing = env(ADDRESS=f"127.0.0.1:{server.port}", KEY="k", MODE="access")
         with pytest.raises(Retryable, match="Authentication required"):
             await asyncio.wait_for(_started(missing), 10)
+
+
+def _redacted(config: dict[str, str], text: str) -> str:
+    specs, _ = load_sinks(config, sinks.declared_options())
+    return redact.for_spec(specs[0])(text)
 
 
 async def test_hung_server_times_out_then_recovers(tmp_path: Path) -> None:
@@ -300,6 +397,21 @@ async def test_mutual_tls(tmp_path: Path) -> None:
         minio = env("MINIO", "", ADDRESS=f"127.0.0.1:{server.port}", KEY="q", FORMAT="access",
                     **files)  # fmt: skip
         await asyncio.wait_for(_started(minio), 10)
+
+
+def test_check_shows_the_url_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """URL is not a secret key (most hold no password), so `relay check` prints it: with
+    the password masked, also in the refusal it reports."""
+    require_server(6379, "Redis", START_SHARED)
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
+    for variable, value in env(URL="redis://relay:hunter2-pw@127.0.0.1:6379/0").items():
+        monkeypatch.setenv(variable, value)
+    assert cli.main(["check"]) == 1  # no such user: refused
+    out = capsys.readouterr().out
+    assert "url = redis://***@127.0.0.1:6379/0" in out and "reachable: NO" in out
+    assert "hunter2-pw" not in out
 
 
 # -- configuration -----------------------------------------------------------------------------

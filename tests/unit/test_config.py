@@ -12,6 +12,7 @@ from relay.config import (
     parse_duration,
     parse_size,
 )
+from relay.delivery.dispatcher import Policy
 
 OPTIONS = sinks.declared_options()
 
@@ -137,3 +138,16 @@ def test_load_config_warns_about_open_ingest_and_no_sinks() -> None:
     config = load_config({})
     assert any("RELAY_AUTH_TOKENS" in w for w in config.warnings)
     assert any("no sink" in w for w in config.warnings)
+
+
+def test_delivery_policy_of_a_sink_that_gives_format_its_own_values() -> None:
+    """MinIO's Redis target takes FORMAT=namespace, which the common FORMAT does not know;
+    the delivery policy reads only its own keys."""
+    (spec,), _ = load_sinks(
+        {"MINIO_NOTIFY_REDIS_ENABLE": "on", "MINIO_NOTIFY_REDIS_ADDRESS": "127.0.0.1:6379",
+         "MINIO_NOTIFY_REDIS_KEY": "k", "MINIO_NOTIFY_REDIS_FORMAT": "namespace",
+         "MINIO_NOTIFY_REDIS_CONCURRENCY": "3"},
+        OPTIONS,
+    )  # fmt: skip
+    policy = Policy.from_spec(spec)
+    assert (policy.concurrency, policy.batch_size) == (3, 1000)

@@ -22,6 +22,7 @@ from relay.queue import log as log_module
 from relay.queue.log import Log, LogEntry, Settlement
 from relay.rules import Router, Rule
 from relay.sinks.base import Health, Permanent, Result, Retryable
+from relay.sinks.redact import Redactor
 from tests.support.damage import damage_record_page
 from tests.support.pipeline import minio_event
 from tests.support.waiting import eventually
@@ -219,6 +220,21 @@ async def test_a_sink_that_cannot_start_is_down_then_recovers(log: Log) -> None:
     sink.start_error = None
     await eventually(lambda: len(sink.received) == 1)
     await stop(d, task)
+
+
+async def test_a_start_error_is_logged_redacted(log: Log, caplog: pytest.LogCaptureFixture) -> None:
+    sink = ScriptedSink()
+    sink.start_error = Retryable("cannot connect to amqp://relay:pa55-word@broker:5672/")
+    log.set_sinks([sink.name])
+    await log.init_cursors([sink.name])
+    redact = Redactor(["pa55-word"])
+    d = Dispatcher(sink, log, Router([], [sink.name]), Policy(backoff_max=0.05), redact)
+    task = asyncio.create_task(d.run())
+    await eventually(lambda: d.up is False)
+    await stop(d, task)
+    (line,) = [r for r in caplog.records if r.getMessage() == "sink down"]
+    assert "amqp://***@broker" in line.error  # type: ignore[attr-defined]
+    assert "pa55-word" not in line.error  # type: ignore[attr-defined]
 
 
 async def test_retention_prunes_only_delivered_events(tmp_path: Path) -> None:
