@@ -101,11 +101,12 @@ function renderSinks(data) {
     const row = document.createElement("tr");
     row.dataset.sink = s.name;
     cell(row, s.name, "key");
-    cell(row, s.state, "state " + s.state);
+    cell(row, s.holds_ingest ? s.state + " (holds ingest)" : s.state, "state " + s.state);
     cell(row, s.pending, "num pending");
     cell(row, age(s.oldest_pending_age), "num");
     cell(row, rate(s.delivery_rate), "num");
     cell(row, s.dead_letters, "num");
+    cell(row, s.parked, "num parked");
     cell(row, s.cursor, "num cursor");
     const action = document.createElement("td");
     const path = "/admin/api/sinks/" + encodeURIComponent(s.name);
@@ -119,7 +120,10 @@ function renderSinks(data) {
   $("log-summary").textContent =
     log.events + " events in the log, " + (log.bytes / 1048576).toFixed(1) + " MiB" +
     (log.pressure ? " — not accepting events: " + log.pressure : "") +
-    (log.quarantined ? ", " + log.quarantined + " quarantined" : "");
+    (log.blocked_by && log.blocked_by.length ? " (held by " + log.blocked_by.join(", ") + ")" : "") +
+    (log.quarantined ? ", " + log.quarantined + " quarantined" : "") +
+    (data.orphaned && data.orphaned.length
+      ? "; no longer configured: " + data.orphaned.map((o) => o.sink).join(", ") : "");
 }
 
 function renderDeadLetters(data) {

@@ -115,5 +115,6 @@ async def test_status_page_retries_a_dead_letter_in_a_real_browser(
     await page.wait_for(
         f"{text('#sinks-body td.cursor')} === '3' && {text('#sinks-body td.pending')} === '0'"
     )
+    assert await page.evaluate(text("#sinks-body td.parked")) == "0"  # nothing waits
     await page.screenshot(ARTIFACTS / "status-page-after-retry.png")
     assert page.errors == []
