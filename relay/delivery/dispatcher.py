@@ -14,9 +14,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import msgspec
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_random_exponential
 
 from relay import metrics
@@ -52,7 +53,10 @@ class Policy:
 
     @classmethod
     def from_spec(cls, spec: SinkSpec, sink: Sink | None = None) -> Policy:
-        c = spec.typed(SinkConfig)
+        # Only the delivery keys are read: a sink may give another common key a meaning of
+        # its own (FORMAT is namespace|access on the SQL sinks), which SinkConfig refuses.
+        delivery = {k: v for k, v in spec.options.items() if k in _DELIVERY_KEYS}
+        c = msgspec.convert(delivery, SinkConfig)
         stale = c.stale if c.stale != "auto" else getattr(sink, "stale_default", "flag")
         return cls(
             batch_size=c.batch_size,
@@ -76,6 +80,9 @@ class Policy:
         # A sink applies `timeout` per request; a whole batch gets a bound too, so a client
         # that hangs (known of several broker libraries) cannot stall the loop forever.
         return self.timeout * 3 + 5
+
+
+_DELIVERY_KEYS = {f.name for f in fields(Policy)} - {"quick_attempts"}
 
 
 @dataclass(slots=True)
