@@ -39,6 +39,7 @@ from relay.events import Event, parse_body
 from relay.queue.log import Log, LogEntry
 from relay.rules import Router
 from relay.sinks import mysql, postgres
+from relay.sinks.base import event_time
 from relay.sinks.formats import render
 from tests.support.bodies import minio_body
 
@@ -116,7 +117,7 @@ async def drain(log: Log, spec: SinkSpec) -> float:
 
 
 def pg_rows(entries: list[LogEntry]) -> list[tuple[Any, ...]]:
-    return [(e.event.event_id, postgres.event_time(e), e.event.event_name,
+    return [(e.event.event_id, event_time(e), e.event.event_name,
              f"{e.event.bucket}/{e.event.key}", render(e, "minio").decode()) for e in entries]  # fmt: skip
 
 
@@ -135,7 +136,7 @@ async def pg_baseline(dsn: str, table: str, rows: list[tuple[Any, ...]], batch: 
 
 
 def my_rows(entries: list[LogEntry]) -> list[tuple[Any, ...]]:
-    return [(e.event.event_id, mysql.event_time(e).replace(tzinfo=None), e.event.event_name,
+    return [(e.event.event_id, event_time(e).replace(tzinfo=None), e.event.event_name,
              f"{e.event.bucket}/{e.event.key}", render(e, "minio").decode()) for e in entries]  # fmt: skip
 
 
