@@ -17,7 +17,7 @@ from typing import Any
 import asyncmy
 import pytest
 
-from relay import metrics, sinks
+from relay import sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
 from relay.queue import admin
@@ -445,89 +445,6 @@ def test_config_errors_name_the_variable() -> None:
             sinks.create(load_sinks({**env("t"), **{
                 f"RUSTFS_NOTIFY_MYSQL_{k}_T": v for k, v in extra.items()}},
                 sinks.declared_options())[0][0])  # fmt: skip
-
-
-# -- order and parking, with the delivery layer -----------------------------------------------
-
-OBJECTS = 8
-ROUNDS = 6
-HISTORY = (  # every write the server applies to the table, in the order it applied them
-    "CREATE TABLE {h} (n BIGINT AUTO_INCREMENT PRIMARY KEY, key_name VARCHAR(255) NOT NULL, "
-    "value JSON)",
-    "CREATE TRIGGER {h}_i AFTER INSERT ON {t} FOR EACH ROW "
-    "INSERT INTO {h} (key_name, value) VALUES (NEW.key_name, NEW.value)",
-    "CREATE TRIGGER {h}_u AFTER UPDATE ON {t} FOR EACH ROW "
-    "INSERT INTO {h} (key_name, value) VALUES (NEW.key_name, NEW.value)",
-)
-
-
-def in_order(written: list[int]) -> bool:
-    """The events an object's row took, compared by the last time each was written (an
-    event written again after a later one is a resend: its last copy must follow)."""
-    last = {n: position for position, n in enumerate(written)}
-    return sorted(last, key=lambda n: last[n]) == sorted(last)
-
-
-@bounded(90)
-async def test_a_locked_row_parks_its_object_while_the_others_flow(
-    tmp_path: Path, table: str
-) -> None:
-    """Another session holds one object's row locked (SELECT … FOR UPDATE on its key_hash)
-    while events of every object arrive, a batch holding one event of each: the sink's
-    upsert of that row fails on innodb_lock_wait_timeout (half of TIMEOUT), the batch is
-    written again object by object, so only the locked object is parked and the others are
-    written meanwhile. Once the lock is gone the object's last event lands (a namespace row
-    takes only the last event of an object that a batch holds). Triggers record every write
-    the server applied."""
-    history = f"{table}_history"
-    config = env(table, FORMAT="namespace", TIMEOUT="2s", BATCH_SIZE=str(OBJECTS))
-    (spec,), _ = load_sinks(config, sinks.declared_options())
-    await sql(SHARED, mysql.ddl(spec))
-    keys = [f"k{i}" for i in range(OBJECTS)]
-    locked = "k3"
-    last = {k: (ROUNDS - 1) * OBJECTS + i for i, k in enumerate(keys)}
-    name = {"sink": spec.name}
-    resends_before = metrics.REGISTRY.get_sample_value("relay_resends_total", name) or 0.0
-    try:
-        for statement in HISTORY:
-            await sql(SHARED, statement.format(h=history, t=table))
-        async with pipeline(tmp_path, config) as pipe:
-            await pipe.append([minio_event("b", k, i) for i, k in enumerate(keys)])
-            await pipe.settled()
-            holder = await asyncmy.connect(**{**connect_args(SHARED), "autocommit": False})
-            try:
-                async with holder.cursor() as cur:
-                    await cur.execute(f"SELECT 1 FROM {table} WHERE key_hash = SHA2(%s, 256) "
-                                      "FOR UPDATE", (f"b/{locked}",))  # fmt: skip
-                await pipe.append([minio_event("b", k, r * OBJECTS + i)
-                                   for r in range(1, ROUNDS) for i, k in enumerate(keys)])  # fmt: skip
-
-                async def others_written() -> bool:
-                    rows = dict(await sql(SHARED, f"SELECT key_name, value FROM {table}"))
-                    return all(size(rows[f"b/{k}"]) - 100 == last[k] for k in keys if k != locked)
-
-                await eventually(others_written, timeout=45)
-                assert ("b", locked) in pipe.dispatcher.parked
-                rows = dict(await sql(SHARED, f"SELECT key_name, value FROM {table}"))
-                assert size(rows[f"b/{locked}"]) - 100 == keys.index(locked)  # round 0's
-            finally:
-                await holder.rollback()
-                holder.close()
-            await pipe.settled(timeout=30)
-            assert await pipe.dead_letters() == []
-        resent = (metrics.REGISTRY.get_sample_value("relay_resends_total", name) or 0.0) - (
-            resends_before
-        )
-        written: dict[str, list[int]] = {}
-        for key, value in await sql(SHARED, f"SELECT key_name, value FROM {history} ORDER BY n"):
-            written.setdefault(key.removeprefix("b/"), []).append(size(value) - 100)
-    finally:
-        await sql(SHARED, f"DROP TABLE IF EXISTS {history}")
-    for i, k in enumerate(keys):
-        assert in_order(written[k]) and written[k][-1] == last[k], (k, written[k])
-        if k != locked:  # one event of the object per batch: each was written
-            assert sorted(set(written[k])) == [r * OBJECTS + i for r in range(ROUNDS)]
-    assert resent == sum(len(w) - len(set(w)) for w in written.values())
 
 
 # -- outages (a private server, stopped and started again) -------------------------------------

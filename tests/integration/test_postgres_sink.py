@@ -16,13 +16,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay import metrics, sinks
+from relay import sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
 from relay.queue import admin
 from relay.queue.log import LogEntry
 from relay.sinks import redact
 from relay.sinks.table import postgres
+from relay.sinks.table.sink import TableSink
 from tests.support.databases import private_postgres
 from tests.support.pipeline import Pipeline, minio_event, pipeline
 from tests.support.waiting import eventually
@@ -293,6 +294,7 @@ async def test_a_connection_killed_while_idle_costs_no_failure(table: str) -> No
         sinks.declared_options(),
     )
     sink = sinks.create(specs[0])
+    assert isinstance(sink, TableSink)
     await sink.start()
     try:
         assert await sink.send_batch([LogEntry(1, time.time(), minio_event("b", "k", 1))]) == [None]
@@ -337,138 +339,6 @@ def test_config_errors_name_the_variable() -> None:
     bad_table = env("a.b.c")
     with pytest.raises(ConfigError, match="TABLE_T"):
         sinks.create(load_sinks(bad_table, sinks.declared_options())[0][0])
-
-
-@bounded(30)
-async def test_a_table_dropped_while_running_is_created_again(tmp_path: Path, table: str) -> None:
-    async with pipeline(tmp_path, env(table, FORMAT="access")) as pipe:
-        await pipe.append([minio_event("b", "k", 1)])
-        await pipe.settled()
-        await sql(SHARED, f"DROP TABLE {table}")
-        await pipe.append([minio_event("b", "k", 2)])
-        await pipe.settled()
-        assert await pipe.dead_letters() == []
-    rows = await sql(SHARED, f"SELECT value FROM {table}")
-    assert [size(v) for (v,) in rows] == [102]
-
-
-# -- order, parking and stale events, with the delivery layer ----------------------------------
-
-OBJECTS = 8
-ROUNDS = 6
-HISTORY = (  # every write the server applies to the table, in the order it applied them
-    "CREATE TABLE {h} (n BIGSERIAL PRIMARY KEY, key VARCHAR NOT NULL, value JSONB NOT NULL)",
-    "CREATE FUNCTION {h}() RETURNS trigger LANGUAGE plpgsql AS "
-    "$$ BEGIN INSERT INTO {h} (key, value) VALUES (NEW.key, NEW.value); RETURN NEW; END $$",
-    "CREATE TRIGGER {h} AFTER INSERT OR UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {h}()",
-)
-
-
-def counter(name: str, **labels: str) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def in_order(written: list[int]) -> bool:
-    """The events an object's row took, compared by the last time each was written (an
-    event written again after a later one is a resend: its last copy must follow)."""
-    last = {n: position for position, n in enumerate(written)}
-    return sorted(last, key=lambda n: last[n]) == sorted(last)
-
-
-@bounded(90)
-async def test_a_locked_row_parks_its_object_while_the_others_flow(
-    tmp_path: Path, table: str
-) -> None:
-    """Another session holds one object's row locked (SELECT … FOR UPDATE) while events of
-    every object arrive, a batch holding one event of each: the sink's upsert of that row
-    fails on lock_timeout (half of TIMEOUT), the batch is written again object by object, so
-    only the locked object is parked and the others are written meanwhile. Once the lock is
-    gone the object's last event lands (a namespace row takes only the last event of an
-    object that a batch holds). A trigger records every write the server applied."""
-    history = f"{table}_history"
-    config = env(table, FORMAT="namespace", TIMEOUT="2s", BATCH_SIZE=str(OBJECTS))
-    (spec,), _ = load_sinks(config, sinks.declared_options())
-    await sql(SHARED, postgres.ddl(spec))
-    keys = [f"k{i}" for i in range(OBJECTS)]
-    locked = "k3"
-    last = {k: (ROUNDS - 1) * OBJECTS + i for i, k in enumerate(keys)}
-    resends_before = counter("relay_resends_total", sink=spec.name)
-    try:
-        for statement in HISTORY:
-            await sql(SHARED, statement.format(h=history, t=table))
-        async with pipeline(tmp_path, config) as pipe:
-            await pipe.append([minio_event("b", k, i) for i, k in enumerate(keys)])
-            await pipe.settled()
-            holder = await psycopg.AsyncConnection.connect(SHARED)  # in a transaction
-            try:
-                await holder.execute(f"SELECT 1 FROM {table} WHERE key = %s FOR UPDATE",
-                                     (f"b/{locked}",))  # fmt: skip
-                await pipe.append([minio_event("b", k, r * OBJECTS + i)
-                                   for r in range(1, ROUNDS) for i, k in enumerate(keys)])  # fmt: skip
-
-                async def others_written() -> bool:
-                    rows = dict(await sql(SHARED, f"SELECT key, value FROM {table}"))
-                    return all(size(rows[f"b/{k}"]) - 100 == last[k] for k in keys if k != locked)
-
-                await eventually(others_written, timeout=45)
-                assert ("b", locked) in pipe.dispatcher.parked
-                rows = dict(await sql(SHARED, f"SELECT key, value FROM {table}"))
-                assert size(rows[f"b/{locked}"]) - 100 == keys.index(locked)  # round 0's
-            finally:
-                await holder.rollback()
-                await holder.close()
-            await pipe.settled(timeout=30)
-            assert await pipe.dead_letters() == []
-        resent = counter("relay_resends_total", sink=spec.name) - resends_before
-        written: dict[str, list[int]] = {}
-        for key, value in await sql(SHARED, f"SELECT key, value FROM {history} ORDER BY n"):
-            written.setdefault(key.removeprefix("b/"), []).append(size(value) - 100)
-    finally:
-        await sql(SHARED, f"DROP TABLE IF EXISTS {history}")
-        await sql(SHARED, f"DROP FUNCTION IF EXISTS {history}() CASCADE")
-    for i, k in enumerate(keys):
-        assert in_order(written[k]) and written[k][-1] == last[k], (k, written[k])
-        if k != locked:  # one event of the object per batch: each was written
-            assert sorted(set(written[k])) == [r * OBJECTS + i for r in range(ROUNDS)]
-    assert resent == sum(len(w) - len(set(w)) for w in written.values())
-
-
-@bounded(60)
-async def test_a_retried_older_put_never_brings_back_a_deleted_row(
-    tmp_path: Path, table: str
-) -> None:
-    """A namespace row must never go back in time (STALE=auto drops stale events here): a
-    PUT the table refused once is dead-lettered, the DELETE of its object is delivered,
-    then the PUT is retried from the dead letters with the table fixed: the row stays
-    deleted, and the PUT is counted stale and dropped."""
-    config = env(table, FORMAT="namespace")
-    (spec,), _ = load_sinks(config, sinks.declared_options())
-    await sql(SHARED, postgres.ddl(spec))
-    await sql(SHARED, f"ALTER TABLE {table} ADD CONSTRAINT refused_once "
-                      f"CHECK (value->'Records'->0->'s3'->'object'->>'sequencer' <> '{1:016X}')")  # fmt: skip
-    dropped_before = counter("relay_events_stale_total", sink=spec.name, action="drop")
-    async with pipeline(tmp_path, config) as pipe:
-        assert pipe.dispatcher.policy.stale == "drop"
-        await pipe.append([minio_event("b", "k", 0)])
-        await pipe.settled()
-        await pipe.append([minio_event("b", "k", 1)])  # refused: dead-lettered
-        await pipe.settled()
-        ((_, error),) = await pipe.dead_letters()
-        assert "refused_once" in error
-        assert [size(v) for (v,) in await sql(SHARED, f"SELECT value FROM {table}")] == [100]
-        await pipe.append([minio_event("b", "k", 2, "s3:ObjectRemoved:Delete")])
-        await pipe.settled()
-        assert await sql(SHARED, f"SELECT key FROM {table}") == []
-
-        await sql(SHARED, f"ALTER TABLE {table} DROP CONSTRAINT refused_once")
-        queued = await pipe.log.write(
-            lambda c: admin.retry_dead_letters_tx(c, None, spec.name), wakes=True
-        )
-        assert queued == 1
-        await pipe.settled()
-        assert await pipe.dead_letters() == []
-    assert await sql(SHARED, f"SELECT key FROM {table}") == []
-    assert counter("relay_events_stale_total", sink=spec.name, action="drop") - dropped_before == 1
 
 
 # -- outages (a private server, stopped and started again) -------------------------------------

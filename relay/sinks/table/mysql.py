@@ -20,26 +20,13 @@ from asyncmy.cursors import DictCursor
 
 from relay.config import ConfigError, Key, SinkSpec
 from relay.queue.queries import named
-from relay.sinks.table.sink import (
-    Column,
-    Dialect,
-    Format,
-    Kind,
-    NameRules,
-    TableConfig,
-    TableName,
-    TableSink,
-    Writes,
-    check,
-    lock_wait,
-    script,
-)
+from relay.sinks.table import sink
 from relay.sinks.tls import client_context
 
 TYPE = "mysql"
 
 
-class Config(TableConfig, kw_only=True, frozen=True):
+class Config(sink.TableConfig, kw_only=True, frozen=True):
     dsn_string: Annotated[
         str,
         Key(
@@ -53,23 +40,23 @@ class Config(TableConfig, kw_only=True, frozen=True):
 
 
 Q = named("relay.sinks.table", "mysql.sql")
-NAMES = NameRules(quote="`", bare=r"[A-Za-z0-9_$]+", fold=False, max_length=64, qualifier="db")
+NAMES = sink.NameRules(quote="`", bare=r"[A-Za-z0-9_$]+", fold=False, max_length=64, qualifier="db")
 MAX_RECYCLE = 3600  # seconds a pooled connection may sit idle, unless the server's is shorter
 
 
-def create(spec: SinkSpec) -> TableSink:
+def create(spec: SinkSpec) -> sink.TableSink:
     config = spec.typed(Config)
-    return TableSink(spec, config, MySQL(spec, config), table_format(spec, config))
+    return sink.TableSink(spec, config, MySQL(spec, config), table_format(spec, config))
 
 
 def ddl(spec: SinkSpec) -> str:
     """The statement that creates the sink's table (what it runs when the table is missing)."""
     config = spec.typed(Config)
-    table = TableName.parse(config.table, spec.variable("table"), NAMES)
-    return script(statements(table, table_format(spec, config)))
+    table = sink.TableName.parse(config.table, spec.variable("table"), NAMES)
+    return sink.script(statements(table, table_format(spec, config)))
 
 
-def table_format(spec: SinkSpec, config: Config) -> Format:
+def table_format(spec: SinkSpec, config: Config) -> sink.Format:
     if config.format:
         return config.format
     # Unset: what the store whose keys configure the sink does.
@@ -77,11 +64,11 @@ def table_format(spec: SinkSpec, config: Config) -> Format:
     return "access" if rustfs else "namespace"
 
 
-def statements(table: TableName, fmt: Format) -> list[str]:
+def statements(table: sink.TableName, fmt: sink.Format) -> list[str]:
     return [Q[f"create_{fmt}_table"].format(table=table.sql)]
 
 
-class MySQL(Dialect[Any, Any]):  # asyncmy's Pool and Connection (no type stubs)
+class MySQL(sink.Dialect[Any, Any]):  # asyncmy's Pool and Connection (no type stubs)
     server = "MySQL"
     queries = Q
     key_column = "key_name"
@@ -102,13 +89,13 @@ class MySQL(Dialect[Any, Any]):  # asyncmy's Pool and Connection (no type stubs)
     }
 
     def __init__(self, spec: SinkSpec, config: Config) -> None:
-        check(spec, config)
-        self.table = TableName.parse(config.table, spec.variable("table"), NAMES)
+        sink.check(spec, config)
+        self.table = sink.TableName.parse(config.table, spec.variable("table"), NAMES)
         self.timeout = config.timeout
         self.max_size = config.max_open_connections
         self.connect_args, self.where = _connect_args(spec, config)
 
-    def create_statements(self, fmt: Format) -> list[str]:
+    def create_statements(self, fmt: sink.Format) -> list[str]:
         return statements(self.table, fmt)
 
     async def connect(self) -> Any:
@@ -122,7 +109,7 @@ class MySQL(Dialect[Any, Any]):  # asyncmy's Pool and Connection (no type stubs)
             await cur.execute(statement)
         await conn.commit()
 
-    async def columns(self, conn: Any) -> dict[str, Column] | None:
+    async def columns(self, conn: Any) -> dict[str, sink.Column] | None:
         async with conn.cursor(DictCursor) as cur:
             await cur.execute(Q["table_columns"],
                               {"schema": self.table.schema, "name": self.table.name})  # fmt: skip
@@ -131,7 +118,7 @@ class MySQL(Dialect[Any, Any]):  # asyncmy's Pool and Connection (no type stubs)
         if not rows:
             return None
         return {
-            str(r["column_name"]): Column(
+            str(r["column_name"]): sink.Column(
                 bool(r["needs_value"]), bool(r["is_unique"]), bool(r["is_generated"])
             )
             for r in rows
@@ -153,7 +140,7 @@ class MySQL(Dialect[Any, Any]):  # asyncmy's Pool and Connection (no type stubs)
         pool.terminate()
         await pool.wait_closed()
 
-    async def transaction(self, pool: Any, writes: Writes) -> None:
+    async def transaction(self, pool: Any, writes: sink.Writes) -> None:
         conn = await pool.acquire()
         try:
             async with conn.cursor() as cur:
@@ -171,7 +158,7 @@ class MySQL(Dialect[Any, Any]):  # asyncmy's Pool and Connection (no type stubs)
         finally:
             pool.release(conn)
 
-    def classify(self, exc: BaseException) -> tuple[Kind, str]:
+    def classify(self, exc: BaseException) -> tuple[sink.Kind, str]:
         return _classify(exc, self.timeout)
 
 
@@ -200,7 +187,7 @@ _DATA = {
 _SCHEMA = {1036, 1049, 1054, 1064, 1142, 1143, 1146, 1227, 1288, 1109}
 
 
-def _classify(exc: BaseException, timeout: float) -> tuple[Kind, str]:
+def _classify(exc: BaseException, timeout: float) -> tuple[sink.Kind, str]:
     if isinstance(exc, TimeoutError):
         return "down", f"no answer from MySQL within {timeout:g}s"
     if isinstance(exc, my_errors.MySQLError):
@@ -240,7 +227,7 @@ def _connect_args(spec: SinkSpec, config: Config) -> tuple[dict[str, Any], str]:
         dsn = _parse_url(text, variable)
     else:
         dsn = _parse_go_dsn(text, variable)
-    seconds = max(1, round(lock_wait(config.timeout)))  # whole seconds, at least 1
+    seconds = max(1, round(sink.lock_wait(config.timeout)))  # whole seconds, at least 1
     args: dict[str, Any] = {
         "user": dsn.user or "root",
         "password": dsn.password,

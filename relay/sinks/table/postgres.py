@@ -19,25 +19,12 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRe
 from relay.config import ConfigError, Key, SinkSpec
 from relay.queue.queries import named
 from relay.sinks import clientlogs
-from relay.sinks.table.sink import (
-    Column,
-    Dialect,
-    Format,
-    Kind,
-    NameRules,
-    TableConfig,
-    TableName,
-    TableSink,
-    Writes,
-    check,
-    lock_wait,
-    script,
-)
+from relay.sinks.table import sink
 
 TYPE = "postgres"
 
 
-class Config(TableConfig, kw_only=True, frozen=True):
+class Config(sink.TableConfig, kw_only=True, frozen=True):
     connection_string: Annotated[
         str,
         Key(
@@ -59,25 +46,26 @@ class Config(TableConfig, kw_only=True, frozen=True):
 
 
 Q = named("relay.sinks.table", "postgres.sql")
-NAMES = NameRules(quote='"', bare=r"[A-Za-z_][A-Za-z0-9_$]*", fold=True, max_length=63,
-                  qualifier="schema")  # fmt: skip
+NAMES = sink.NameRules(
+    quote='"', bare=r"[A-Za-z_][A-Za-z0-9_$]*", fold=True, max_length=63, qualifier="schema"
+)
 MAX_LIFETIME = 1800.0  # seconds a pooled connection lives, unless the server's is shorter
 MAX_IDLE = 300.0
 
 
-def create(spec: SinkSpec) -> TableSink:
+def create(spec: SinkSpec) -> sink.TableSink:
     config = spec.typed(Config)
-    return TableSink(spec, config, PostgreSQL(spec, config), config.format or "namespace")
+    return sink.TableSink(spec, config, PostgreSQL(spec, config), config.format or "namespace")
 
 
 def ddl(spec: SinkSpec) -> str:
     """The statements that create the sink's table (what it runs when the table is missing)."""
     config = spec.typed(Config)
-    table = TableName.parse(config.table, spec.variable("table"), NAMES)
-    return script(statements(table, config.format or "namespace"))
+    table = sink.TableName.parse(config.table, spec.variable("table"), NAMES)
+    return sink.script(statements(table, config.format or "namespace"))
 
 
-def statements(table: TableName, fmt: Format) -> list[str]:
+def statements(table: sink.TableName, fmt: sink.Format) -> list[str]:
     if fmt == "namespace":
         return [Q["create_namespace_table"].format(table=table.sql)]
     index = table.quoted(f"{table.name[:48]}_event_time_idx")
@@ -89,7 +77,7 @@ Pool = AsyncConnectionPool[Any]
 Conn = psycopg.AsyncConnection[Any]
 
 
-class PostgreSQL(Dialect[Pool, Conn]):
+class PostgreSQL(sink.Dialect[Pool, Conn]):
     server = "PostgreSQL"
     queries = Q
     key_column = "key"
@@ -110,16 +98,16 @@ class PostgreSQL(Dialect[Pool, Conn]):
     }
 
     def __init__(self, spec: SinkSpec, config: Config) -> None:
-        check(spec, config)
+        sink.check(spec, config)
         self.sink = spec.name
-        self.table = TableName.parse(config.table, spec.variable("table"), NAMES)
+        self.table = sink.TableName.parse(config.table, spec.variable("table"), NAMES)
         self.timeout = config.timeout
         self.max_size = config.max_open_connections
-        self.lock_timeout_ms = str(max(1, round(lock_wait(config.timeout) * 1000)))
+        self.lock_timeout_ms = str(max(1, round(sink.lock_wait(config.timeout) * 1000)))
         self.conninfo, self.where = _conninfo(spec, config)
         clientlogs.quiet("psycopg.pool")  # a line per failed reconnect while the server is down
 
-    def create_statements(self, fmt: Format) -> list[str]:
+    def create_statements(self, fmt: sink.Format) -> list[str]:
         return statements(self.table, fmt)
 
     async def connect(self) -> Conn:
@@ -131,7 +119,7 @@ class PostgreSQL(Dialect[Pool, Conn]):
     async def run(self, conn: Conn, statement: str) -> None:
         await conn.execute(statement)
 
-    async def columns(self, conn: Conn) -> dict[str, Column] | None:
+    async def columns(self, conn: Conn) -> dict[str, sink.Column] | None:
         table = {"table": self.table.sql}
         async with conn.cursor(row_factory=dict_row) as cur:
             found = await (await cur.execute(Q["table_exists"], table)).fetchone()
@@ -139,7 +127,7 @@ class PostgreSQL(Dialect[Pool, Conn]):
                 return None
             rows = await (await cur.execute(Q["table_columns"], table)).fetchall()
         return {
-            r["column_name"]: Column(r["needs_value"], r["is_unique"], r["is_generated"])
+            r["column_name"]: sink.Column(r["needs_value"], r["is_unique"], r["is_generated"])
             for r in rows
         }
 
@@ -178,7 +166,7 @@ class PostgreSQL(Dialect[Pool, Conn]):
     async def close_pool(self, pool: Pool) -> None:
         await pool.close(timeout=min(2.0, self.timeout))
 
-    async def transaction(self, pool: Pool, writes: Writes) -> None:
+    async def transaction(self, pool: Pool, writes: sink.Writes) -> None:
         async with pool.connection() as conn:
             async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
                 if writes.rows:
@@ -186,7 +174,7 @@ class PostgreSQL(Dialect[Pool, Conn]):
                 if writes.keys:
                     await cur.execute(writes.delete, {"keys": writes.keys})
 
-    def classify(self, exc: BaseException) -> tuple[Kind, str]:
+    def classify(self, exc: BaseException) -> tuple[sink.Kind, str]:
         return _classify(exc, self.timeout)
 
 
@@ -199,7 +187,7 @@ _DATA_CLASSES = {"22", "23", "44", "P0", "2F", "38", "39", "27"}  # data, constr
 _SCHEMA_CLASSES = {"42", "0A", "3F", "3D", "2B", "0L", "0P"}  # undefined, denied, unsupported
 
 
-def _classify(exc: BaseException, timeout: float) -> tuple[Kind, str]:
+def _classify(exc: BaseException, timeout: float) -> tuple[sink.Kind, str]:
     if isinstance(exc, TimeoutError):
         return "down", f"no answer from PostgreSQL within {timeout:g}s"
     if isinstance(exc, PoolTimeout | PoolClosed | TooManyRequests):

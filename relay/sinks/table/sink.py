@@ -182,8 +182,8 @@ class TableName:
             if pos == len(text) or text[pos] != ".":
                 break
             pos += 1
-        if pos != len(text) or not 1 <= len(parts) <= 2 or any(len(p) > rules.max_length
-                                                               for p in parts):  # fmt: skip
+        too_long = any(len(p) > rules.max_length for p in parts)
+        if pos != len(text) or not 1 <= len(parts) <= 2 or too_long:
             raise ConfigError(
                 f"{variable}: {text!r} is not a table name (use `name` or "
                 f"`{rules.qualifier}.name`: letters, digits, _ and $; or a "
