@@ -38,8 +38,9 @@ from relay.delivery.dispatcher import Dispatcher, Policy
 from relay.events import Event, parse_body
 from relay.queue.log import Log, LogEntry
 from relay.rules import Router
-from relay.sinks import mysql, postgres
+from relay.sinks.base import event_time
 from relay.sinks.formats import render
+from relay.sinks.table import mysql, postgres
 from tests.support.bodies import minio_body
 
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -116,7 +117,7 @@ async def drain(log: Log, spec: SinkSpec) -> float:
 
 
 def pg_rows(entries: list[LogEntry]) -> list[tuple[Any, ...]]:
-    return [(e.event.event_id, postgres.event_time(e), e.event.event_name,
+    return [(e.event.event_id, event_time(e), e.event.event_name,
              f"{e.event.bucket}/{e.event.key}", render(e, "minio").decode()) for e in entries]  # fmt: skip
 
 
@@ -135,15 +136,14 @@ async def pg_baseline(dsn: str, table: str, rows: list[tuple[Any, ...]], batch: 
 
 
 def my_rows(entries: list[LogEntry]) -> list[tuple[Any, ...]]:
-    return [(e.event.event_id, mysql.event_time(e).replace(tzinfo=None), e.event.event_name,
+    return [(e.event.event_id, event_time(e).replace(tzinfo=None), e.event.event_name,
              f"{e.event.bucket}/{e.event.key}", render(e, "minio").decode()) for e in entries]  # fmt: skip
 
 
 async def my_baseline(spec: SinkSpec, table: str, rows: list[tuple[Any, ...]], batch: int) -> float:
     insert = (f"INSERT INTO `{table}` (event_id, event_time, event_name, key_name, event_data) "
               "VALUES (%s, %s, %s, %s, %s) ON DUPLICATE KEY UPDATE event_id = event_id")  # fmt: skip
-    sink = mysql.create(spec)
-    conn = await asyncmy.connect(**sink.connect_args)
+    conn = await asyncmy.connect(**connect_args(spec))
     try:
         started = time.perf_counter()
         for start in range(0, len(rows), batch):
@@ -153,6 +153,10 @@ async def my_baseline(spec: SinkSpec, table: str, rows: list[tuple[Any, ...]], b
         return time.perf_counter() - started
     finally:
         conn.close()
+
+
+def connect_args(spec: SinkSpec) -> dict[str, Any]:
+    return mysql.MySQL(spec, spec.typed(mysql.Config)).connect_args
 
 
 # -- table helpers ----------------------------------------------------------------------------
@@ -168,7 +172,7 @@ async def pg_sql(dsn: str, statement: str) -> Any:
 
 
 async def my_sql(spec: SinkSpec, statement: str) -> Any:
-    conn = await asyncmy.connect(**{**mysql.create(spec).connect_args, "autocommit": True})
+    conn = await asyncmy.connect(**{**connect_args(spec), "autocommit": True})
     try:
         async with conn.cursor() as cur:
             await cur.execute(statement)

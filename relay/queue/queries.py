@@ -6,8 +6,10 @@ import re
 from importlib import resources
 
 
-def _load() -> dict[str, str]:
-    text = resources.files("relay.queue").joinpath("queries.sql").read_text("utf-8")
+def named(package: str, filename: str) -> dict[str, str]:
+    """The statements of an SQL file of `package` by name: `-- name: <name>` starts one, the
+    comment lines of its body (why it is so) are left out, as is the final `;`."""
+    text = resources.files(package).joinpath(filename).read_text("utf-8")
     queries: dict[str, str] = {}
     for chunk in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
         name, _, body = chunk.partition("\n")
@@ -16,4 +18,4 @@ def _load() -> dict[str, str]:
     return queries
 
 
-Q = _load()
+Q = named("relay.queue", "queries.sql")

@@ -35,12 +35,10 @@ _SOURCE_TREE = {
         "nats",
         "redis",
         "mqtt",
-        "postgres",
-        "mysql",
         "audit_bucket",
         "nats_objects",
     )
-}
+} | {"postgres": "relay.sinks.table.postgres", "mysql": "relay.sinks.table.mysql"}
 _TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

@@ -5,7 +5,7 @@ with user:password@, a token in a header they echo. Every error a sink reports p
 through its sink's `Redactor` before it is logged, stored with a dead letter, shown by
 `relay check` or the admin API. The secrets are the values of the sink's options declared
 `secret`, plus any password found inside the value of any option (URL userinfo, libpq
-`password=`).
+`password=`, the Go MySQL DSN's `user:password@tcp(host)/db`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ MASK = "***"
 SHORT = 4
 _USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
 _KV_PASSWORD = re.compile(r"(?i)\b(password|passwd|pwd)\s*=\s*('[^']*'|\S+)")
+# go-sql-driver/mysql: the last `@` before the last `/` ends `user:password`
+_GO_DSN = re.compile(r"^[^:@/]*:(.+)@[a-z0-9]*(?:\([^/]*\))?/[^/]*$")
 
 
 class Redactor:
@@ -58,6 +60,8 @@ def secrets_in(value: Any) -> list[str]:
             if url.username and url.password is None and "@" in part:
                 found.append(url.username)  # a token as the user: nats://<token>@host
         found += [m.group(2).strip("'") for m in _KV_PASSWORD.finditer(text)]
+        if "://" not in text and (go := _GO_DSN.match(text.strip())):
+            found.append(go.group(1))
     return found
 
 

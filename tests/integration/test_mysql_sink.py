@@ -22,7 +22,9 @@ from relay.config import ConfigError, load_sinks
 from relay.events import Event
 from relay.queue import admin
 from relay.queue.log import LogEntry
-from relay.sinks import mysql
+from relay.sinks import redact
+from relay.sinks.table import mysql
+from relay.sinks.table.sink import TableSink
 from tests.support.databases import private_mariadb
 from tests.support.pipeline import Pipeline, minio_event, pipeline
 from tests.support.waiting import eventually
@@ -258,7 +260,7 @@ async def test_minio_access_table_is_written_without_idempotence(
         "MINIO_NOTIFY_MYSQL_TABLE_PRIMARY": table,
         "MINIO_NOTIFY_MYSQL_FORMAT_PRIMARY": "access",
     }
-    caplog.set_level(logging.WARNING, logger="relay.sinks.mysql")
+    caplog.set_level(logging.WARNING, logger="relay.sinks.table")
     async with pipeline(tmp_path, config) as pipe:
         await pipe.append([minio_event("b", f"k{n}", n) for n in range(3)])
         await pipe.settled()
@@ -310,15 +312,17 @@ async def test_a_table_of_the_wrong_shape_keeps_the_sink_down(tmp_path: Path, ta
 async def test_a_connection_killed_while_idle_costs_no_failure(table: str) -> None:
     specs, _ = load_sinks(env(table, FORMAT="access"), sinks.declared_options())
     sink = sinks.create(specs[0])
-    assert isinstance(sink, mysql.MySQLSink)
+    assert isinstance(sink, TableSink)
     await sink.start()
     try:
-        assert await sink.send([LogEntry(1, time.time(), minio_event("b", "k", 1))]) == [None]
-        threads = [conn.thread_id() for conn in sink.pool._free]  # the pooled connections
+        assert await sink.send_batch([LogEntry(1, time.time(), minio_event("b", "k", 1))]) == [None]
+        assert sink.connection.client is not None
+        pool = sink.connection.client.pool
+        threads = [conn.thread_id() for conn in pool._free]  # the pooled connections
         assert threads
         for thread in threads:  # what wait_timeout or a server restart does to them
             await sql(SHARED, f"KILL {int(thread)}")
-        assert await sink.send([LogEntry(2, time.time(), minio_event("b", "k", 2))]) == [None]
+        assert await sink.send_batch([LogEntry(2, time.time(), minio_event("b", "k", 2))]) == [None]
     finally:
         await sink.close()
     assert len(await sql(SHARED, f"SELECT 1 FROM {table}")) == 2
@@ -376,14 +380,18 @@ async def test_a_dropped_pooled_connection_is_retried_on_a_fresh_pool(table: str
         dsn = f"root:@tcp(127.0.0.1:{proxy.listen_port})/test"
         specs, _ = load_sinks(env(table, dsn=dsn, FORMAT="access"), sinks.declared_options())
         sink = sinks.create(specs[0])
-        assert isinstance(sink, mysql.MySQLSink)
+        assert isinstance(sink, TableSink)
         await sink.start()
         try:
-            assert await sink.send([LogEntry(1, time.time(), minio_event("b", "k", 1))]) == [None]
-            first_pool = sink.pool
+            assert await sink.send_batch([LogEntry(1, time.time(), minio_event("b", "k", 1))]) == [
+                None
+            ]
+            first = sink.connection.client
             proxy.cut_all()  # 2013 "Lost connection" on the next query, not before
-            assert await sink.send([LogEntry(2, time.time(), minio_event("b", "k", 2))]) == [None]
-            assert sink.pool is not first_pool  # rebuilt, and the batch did not fail
+            assert await sink.send_batch([LogEntry(2, time.time(), minio_event("b", "k", 2))]) == [
+                None
+            ]
+            assert sink.connection.client is not first  # rebuilt, and the batch did not fail
         finally:
             await sink.close()
     assert len(await sql(SHARED, f"SELECT 1 FROM {table}")) == 2
@@ -400,16 +408,20 @@ async def test_errors_never_show_the_password(tmp_path: Path) -> None:
             await sink.start()
         await sink.close()
         assert not health.ok
-        for text in (health.detail, str(failure.value), repr(specs[0].redacted())):
-            assert secret not in text
+        # what the dispatcher, `relay check` and the admin API show of an error
+        shown = redact.for_spec(specs[0])
+        for text in (health.detail, str(failure.value)):
+            assert "2003" in text, text  # the failure is told: cannot connect
+            assert secret not in shown(text) and secret not in shown(f"{text} ({dsn})")
+        assert secret not in repr(specs[0].redacted())
 
 
 def test_dsn_forms() -> None:
     def args(dsn: str) -> dict[str, Any]:
         specs, _ = load_sinks(env("t", dsn=dsn), sinks.declared_options())
         sink = sinks.create(specs[0])
-        assert isinstance(sink, mysql.MySQLSink)
-        return sink.connect_args
+        assert isinstance(sink, TableSink) and isinstance(sink.dialect, mysql.MySQL)
+        return sink.dialect.connect_args
 
     go = args("us:p@ss:w/rd@tcp(db.example:3307)/events?tls=skip-verify&parseTime=true")
     assert (go["user"], go["password"], go["host"], go["port"], go["database"]) == (

@@ -21,7 +21,9 @@ from relay.config import ConfigError, load_sinks
 from relay.events import Event
 from relay.queue import admin
 from relay.queue.log import LogEntry
-from relay.sinks import postgres
+from relay.sinks import redact
+from relay.sinks.table import postgres
+from relay.sinks.table.sink import TableSink
 from tests.support.databases import private_postgres
 from tests.support.pipeline import Pipeline, minio_event, pipeline
 from tests.support.waiting import eventually
@@ -237,7 +239,7 @@ async def test_minio_access_table_is_written_without_idempotence(
         "MINIO_NOTIFY_POSTGRES_TABLE_PRIMARY": table,
         "MINIO_NOTIFY_POSTGRES_FORMAT_PRIMARY": "access",
     }
-    caplog.set_level(logging.WARNING, logger="relay.sinks.postgres")
+    caplog.set_level(logging.WARNING, logger="relay.sinks.table")
     async with pipeline(tmp_path, config) as pipe:
         await pipe.append([minio_event("b", f"k{n}", n) for n in range(3)])
         await pipe.settled()
@@ -292,16 +294,17 @@ async def test_a_connection_killed_while_idle_costs_no_failure(table: str) -> No
         sinks.declared_options(),
     )
     sink = sinks.create(specs[0])
+    assert isinstance(sink, TableSink)
     await sink.start()
     try:
-        assert await sink.send([LogEntry(1, time.time(), minio_event("b", "k", 1))]) == [None]
+        assert await sink.send_batch([LogEntry(1, time.time(), minio_event("b", "k", 1))]) == [None]
         killed = await sql(
             SHARED,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
             (name,),
         )
         assert killed and all(ok for (ok,) in killed)
-        assert await sink.send([LogEntry(2, time.time(), minio_event("b", "k", 2))]) == [None]
+        assert await sink.send_batch([LogEntry(2, time.time(), minio_event("b", "k", 2))]) == [None]
     finally:
         await sink.close()
     assert len(await sql(SHARED, f"SELECT 1 FROM {table}")) == 2
@@ -318,8 +321,12 @@ async def test_errors_never_show_the_password(tmp_path: Path) -> None:
         await sink.start()
     await sink.close()
     assert not health.ok
-    for text in (health.detail, str(failure.value), repr(specs[0].redacted())):
-        assert secret not in text
+    # what the dispatcher, `relay check` and the admin API show of an error
+    shown = redact.for_spec(specs[0])
+    for text in (health.detail, str(failure.value)):
+        assert "Connection refused" in text, text  # the failure is told
+        assert secret not in shown(text) and secret not in shown(f"{text} ({dsn})")
+    assert secret not in repr(specs[0].redacted())
 
 
 def test_config_errors_name_the_variable() -> None:

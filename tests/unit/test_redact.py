@@ -29,3 +29,14 @@ def test_declared_secrets_and_passwords_inside_other_values_are_masked() -> None
 def test_a_short_secret_is_masked_as_a_word_only() -> None:
     redact = Redactor(["pw"])
     assert redact("user pw refused; upward") == "user *** refused; upward"
+
+
+def test_the_password_of_a_go_mysql_dsn_is_masked() -> None:
+    env = {
+        "RUSTFS_NOTIFY_MYSQL_ENABLE_M": "on",
+        "RUSTFS_NOTIFY_MYSQL_DSN_STRING_M": "relay:p@ss:w/rd@tcp(db.test:3306)/events?tls=true",
+        "RUSTFS_NOTIFY_MYSQL_TABLE_M": "events",
+    }
+    (spec,), _ = load_sinks(env, sinks.declared_options())
+    shown = for_spec(spec)("1045: Access denied for user 'relay' (password p@ss:w/rd)")
+    assert "p@ss:w/rd" not in shown and shown.endswith("(password ***)")
