@@ -32,15 +32,13 @@ _SOURCE_TREE = {
         "file",
         "kafka",
         "amqp",
-        "nats",
         "redis",
         "mqtt",
         "postgres",
         "mysql",
         "audit_bucket",
-        "nats_objects",
     )
-}
+} | {"nats": "relay.sinks.nats.messages", "nats_objects": "relay.sinks.nats.objects"}
 _TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

@@ -110,21 +110,25 @@ async def test_batches_become_objects_named_and_digested_as_written(
 
 
 async def test_writing_a_batch_again_replaces_its_object(shared: NatsClient, bucket: str) -> None:
+    """The same batch through a second sink (a restarted relay, which no longer knows the
+    first wrote it): the same name, replaced, no second copy."""
     specs, _ = load_sinks(env(SHARED, bucket, PREFIX="trail/relay"), sinks.declared_options())
-    sink = sinks.create(specs[0])
+    first_sink, second_sink = sinks.create(specs[0]), sinks.create(specs[0])
     t0 = time.time()
     batch = [LogEntry(s, t0, minio_event("photos", f"k{s}", s)) for s in range(7, 12)]
     try:
         async with asyncio.timeout(30):
-            await sink.start()
-            assert await sink.send(batch) == [None] * 5
+            await first_sink.start()
+            assert await first_sink.send_batch(batch) == [None] * 5  # type: ignore[attr-defined]
             store = await shared.jetstream().object_store(bucket)
             first = await read_all(store)
-            assert await sink.send(batch) == [None] * 5
+            await second_sink.start()
+            assert await second_sink.send_batch(batch) == [None] * 5  # type: ignore[attr-defined]
             again = await read_all(store)
             state = (await shared.jetstream().stream_info(f"OBJ_{bucket}")).state
     finally:
-        await sink.close()
+        await first_sink.close()
+        await second_sink.close()
     assert again == first and len(first) == 1
     assert next(iter(first)).startswith("trail/relay/photos/")
     assert state.messages == 2  # one chunk and one meta: the first upload's chunk was purged

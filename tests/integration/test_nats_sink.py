@@ -22,6 +22,7 @@ from nats.js.errors import NotFoundError
 from relay import sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
+from relay.sinks import redact
 from relay.sinks.base import Retryable
 from tests.support.pipeline import minio_event, pipeline
 from tests.support.servers import (
@@ -359,7 +360,7 @@ async def test_core_client_closed_underneath_is_rebuilt(tmp_path: Path) -> None:
             await pipe.append([minio_event("b", "k1", 1)])
             await sub.next_msg(timeout=10)
             await pipe.settled()  # else the close fails the flush and k1 is (rightly) resent
-            await pipe.sink.nc.close()  # type: ignore[attr-defined]  # as after a lost cluster
+            await pipe.sink.link.connection.client.close()  # type: ignore[attr-defined]  # as after a lost cluster
             await pipe.append([minio_event("b", "k2", 2)])
             second = await sub.next_msg(timeout=10)
             await pipe.settled()
@@ -401,11 +402,12 @@ async def test_password_auth_and_denied_subject_is_a_dead_letter(tmp_path: Path)
         assert len(dead) == 1 and "permission denied" in dead[0][1]
 
         wrong = env(url, "allowed.x", USERNAME="relay", PASSWORD="not-it")
+        shown = redact.for_spec(load_sinks(wrong, sinks.declared_options())[0][0])
         messages: list[str] = []
         for _ in range(5):  # the server's -ERR can lose the race with its connection reset
             with pytest.raises(Retryable) as caught:
                 await _started(wrong)
-            messages.append(str(caught.value))
+            messages.append(shown(str(caught.value)))  # as the dispatcher logs and stores it
             if "refused the credentials" in messages[-1]:
                 break
         assert "refused the credentials" in messages[-1], messages
