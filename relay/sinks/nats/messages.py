@@ -338,10 +338,15 @@ class PubAcks:
         except msgspec.DecodeError as exc:
             ack.set_exception(nats.errors.Error(f"unreadable PubAck: {exc}"))
             return
-        if answer.error is not None:
-            ack.set_exception(nats.js.errors.APIError.from_error(answer.error))
-        else:
+        if answer.error is None:
             ack.set_result(answer.duplicate)
+            return
+        try:
+            nats.js.errors.APIError.from_error(answer.error)  # raises the error it makes
+        except nats.js.errors.APIError as exc:
+            ack.set_exception(exc)
+        else:
+            ack.set_exception(nats.js.errors.APIError(**answer.error))
 
 
 class _PubAck(msgspec.Struct):
