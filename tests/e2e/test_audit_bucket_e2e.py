@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -25,10 +26,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from relay import sinks
+from relay import metrics, sinks
 from relay.audit import verify
 from relay.config import load_sinks
 from relay.events import Event, parse_body
+from relay.queue import stats
 from relay.queue.log import LogEntry
 from relay.sinks import auditlog
 from relay.sinks.base import Retryable
@@ -442,6 +444,56 @@ async def test_an_outage_keeps_events_waiting_and_loses_or_repeats_none(
     assert len(spans) >= 3  # docs and photos objects after the outage
 
 
+async def test_one_source_bucket_refused_waits_while_the_others_are_written_once(
+    tmp_path: Path, ceph: Ceph, s3: S3, bucket: str
+) -> None:
+    """The layer's acceptance on the audit bucket. A bucket policy denies PUTs under
+    `audit/photos/` (AccessDenied: retried, the events wait), so the first batch's photos
+    object fails while its docs and media objects are written; the photos objects' later
+    events wait behind it (parked) while the other buckets flow. Then only that failed
+    object is denied: the parked events after it go into a new object, and delivery,
+    which keeps each object's order, hands them over again after the failed one
+    (relay_resends_total). Then nothing is denied. Every event is in the trail once, each
+    object's lines in seq order (the trail's order: every line and name carries the seq):
+    an event handed over again was not written again, so the trail received nothing twice
+    although delivery counted resends."""
+    buckets = ("docs", "photos", "media")
+    events = [minio_event(buckets[n % 3], f"k{n % 4}", n) for n in range(1, 61)]
+    async with asyncio.timeout(90):
+        await _deny(s3, bucket, "audit/photos/*")
+        async with pipeline(tmp_path, env(ceph.endpoint, bucket, ceph, BATCH_SIZE="20")) as pipe:
+            before = _resends(pipe)
+            await pipe.append(events)
+            entries = await log_entries(pipe)
+            others = [e.seq for e in entries if e.event.bucket != "photos"]
+            photos = [e.seq for e in entries if e.event.bucket == "photos"]
+
+            async def others_written() -> dict[str, bytes]:
+                found = await objects(s3, bucket)
+                return found if seqs_of(found) == others else {}
+
+            while_refused = await eventually(others_written, timeout=20)
+            await eventually(lambda: _parked(pipe, len(photos)), timeout=10)
+            errors = await retry_errors(pipe)
+            failed = {m.group(1) for e in errors for m in [re.search(r"PUT (\S+):", e)] if m}
+            assert len(failed) == 1 and all("access denied" in e for e in errors), errors
+            (first_object,) = failed
+            await _deny(s3, bucket, first_object)
+            await eventually(lambda: _resends(pipe) > before, timeout=20)
+            await s3.request("DELETE", bucket, query={"policy": ""}, expect=(200, 204))
+            await pipe.settled(timeout=30)
+            assert await pipe.dead_letters() == []
+        found = await objects(s3, bucket)
+    assert not any(n.startswith("audit/photos/") for n in while_refused)
+    assert first_object in found and len([n for n in found if "/photos/" in n]) >= 2
+    assert seqs_of(found) == sorted(others + photos)  # every event, each once
+    for name, body in found.items():
+        got = [int(fields["seq"]) for fields, _ in lines(body)]  # type: ignore[call-overload]
+        parsed = auditlog.parse_name(name)
+        assert parsed is not None and got == sorted(got)
+        assert (parsed.first_seq, parsed.last_seq) == (got[0], got[-1])
+
+
 async def test_a_missing_bucket_keeps_events_waiting_until_it_exists(
     tmp_path: Path, ceph: Ceph, s3: S3
 ) -> None:
@@ -550,6 +602,24 @@ async def _count(
     if len(found) < at_least or len(seqs_of(found)) < lines_:
         return {}
     return found
+
+
+async def _deny(s3: S3, bucket: str, what: str) -> None:
+    """A bucket policy refusing every PUT of `what` (a name or a `prefix/*`) in `bucket`."""
+    statement = {"Sid": "Hold", "Effect": "Deny", "Principal": {"AWS": ["*"]},
+                 "Action": ["s3:PutObject"], "Resource": [f"arn:aws:s3:::{bucket}/{what}"]}  # fmt: skip
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
+    await s3.request("PUT", bucket, query={"policy": ""}, body=json.dumps(policy).encode(),
+                     expect=(200, 204))  # fmt: skip
+
+
+async def _parked(pipe: Pipeline, n: int) -> bool:
+    return await pipe.log.read(lambda c: stats.sink_stats(c, pipe.sink.name).parked) == n
+
+
+def _resends(pipe: Pipeline) -> float:
+    sample = metrics.REGISTRY.get_sample_value("relay_resends_total", {"sink": pipe.sink.name})
+    return sample or 0.0
 
 
 async def _retried(pipe: Pipeline, attempts: int) -> bool:
