@@ -41,9 +41,6 @@ CONTENT_TYPE = "application/x-ndjson"
 GZIP_CONTENT_TYPE = "application/gzip"
 EXPECTED_PRINCIPALS_ENV = "RELAY_EXPECTED_PRINCIPALS"
 EMPTY_BUCKET = "_"  # the name segment of events that name no bucket (some audit entries)
-# Events whose object is remembered (~100 bytes each): well past what delivery can hand over
-# again (MAX_PARKED parked events plus a held batch).
-MAX_PLACED = 200_000
 
 
 class AuditConfig(SinkConfig, kw_only=True, frozen=True):
@@ -150,6 +147,12 @@ def normalise_prefix(text: str, variable: str) -> str:
     if any(p in (".", "..") for p in parts):
         raise ConfigError(f"{variable}: {text!r} has a `.` or `..` segment")
     return "/".join(parts)
+
+
+def remembered(config: AuditConfig) -> int:
+    """How many events' objects a writer remembers (~140 bytes each): twice what delivery
+    can hand over again, its parked events and a held batch."""
+    return 2 * (config.max_parked + config.batch_size)
 
 
 def expected_principals(env: Any = None) -> frozenset[str] | None:
@@ -303,7 +306,7 @@ class AuditWriter:
     failed object's events come back on their objects' own retry schedules, not together.
     Writing them into new objects would put an event in the trail twice when an upload had
     succeeded although it was reported failed. So an event, once given an object, stays in
-    it (remembered for the last MAX_PLACED events):
+    it (remembered for the last `remember` events):
     - its object was stored: it is in the trail, and is delivered again without a write;
     - its object failed: that object is written again as it was (same name, same bytes,
       with all its events, whichever of them came back), so it overwrites itself.
@@ -312,9 +315,10 @@ class AuditWriter:
 
     def __init__(
         self, sink: str, prefix: str, compression: str, concurrency: int,
-        expected: frozenset[str] | None,
+        expected: frozenset[str] | None, remember: int = 40_000,
     ) -> None:  # fmt: skip
         self.sink = sink
+        self.remember = remember
         self.prefix = prefix
         self.compression = compression
         self.concurrency = max(1, concurrency)
@@ -381,7 +385,7 @@ class AuditWriter:
         for seq in obj.seqs:
             self.placed[seq] = value
             self.placed.move_to_end(seq)
-        while len(self.placed) > MAX_PLACED:
+        while len(self.placed) > self.remember:
             self.placed.popitem(last=False)
 
     def _forget(self, obj: AuditObject) -> None:

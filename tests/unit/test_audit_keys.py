@@ -195,6 +195,16 @@ async def test_a_permanent_failure_is_forgotten_so_a_retry_makes_a_new_object() 
     assert list(trail.objects) == ["audit/photos/2026/05/28/20-26-40-2-3.ndjson"]
 
 
+async def test_the_writer_remembers_a_bounded_number_of_events() -> None:
+    trail = Trail()
+    writer = AuditWriter("audit_bucket:t", "audit", "none", 4, None, remember=3)
+    await writer.send(entries("photos", [1, 2, 3, 4, 5]), trail.put)
+    assert list(writer.placed) == [3, 4, 5]
+    env = {"RUSTFS_NOTIFY_AUDIT_BUCKET_ENABLE_T": "on", "RUSTFS_NOTIFY_AUDIT_BUCKET_BUCKET_T": "b",
+           "RUSTFS_NOTIFY_AUDIT_BUCKET_MAX_PARKED_T": "100"}  # fmt: skip
+    assert auditlog.remembered(spec(env).typed(auditlog.AuditConfig)) == 2 * (100 + 10_000)
+
+
 async def test_dropped_events_are_delivered_unwritten_and_counted() -> None:
     async def put(obj: AuditObject) -> None:
         raise AssertionError("nothing to write")

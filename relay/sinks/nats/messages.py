@@ -12,14 +12,15 @@ With `JETSTREAM_ENABLE=on` every event is published with `Nats-Msg-Id: <event id
 counts as delivered only once its PubAck arrives, so an event sent again after a timeout
 or a restart is stored once, as long as the resend falls inside the stream's duplicate
 window (`duplicate_window`, 2 minutes by default: raise it to cover the outages you want
-no duplicates from). Events of different objects are in flight together, up to
-CONCURRENCY; an object's next event is published only once the one before it has its
-PubAck (the delivery layer's per-object lanes). Publishing an object's events together
-would let the stream store them out of order: measured on NATS 2.9, when the stream refuses
-one event (its subject at a per-subject limit, no stream for the subject, no stream leader)
-a later event of the same object on another subject of the stream is still stored; sending
-both again in order stores the first, but the stream drops the second as a duplicate of
-its own earlier copy, which stays before the first.
+no duplicates from). A batch is published whole and its PubAcks awaited together, but it
+holds one event of each object (`one_per_object`: the delivery layer sends an object's
+next event in the next call, once the one before is stored). Publishing an object's events
+together would let the stream store them out of order: measured on NATS 2.9, when the
+stream refuses one event (its subject at a per-subject limit, no stream for the subject,
+no stream leader) a later event of the same object on another subject of the stream is
+still stored; sending both again in order stores the first, but the stream drops the
+second as a duplicate of its own earlier copy, which stays before the first. The price is
+paid by a single busy object only: its events go one round trip apart.
 """
 
 from __future__ import annotations
