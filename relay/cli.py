@@ -205,13 +205,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     healthy = True
     for spec, sink in zip(config.specs, outputs):
         print(f"sink {spec.name}:")
+        shown = redact.for_spec(spec)  # passwords inside URLs too (nats://user:password@…)
         for key, value in spec.redacted().items():
             if value not in ("", None, ()) and key not in ("enable", "comment"):
-                print(f"  {key} = {_show(value)}")
+                print(f"  {key} = {shown(_show(value))}")
         health = asyncio.run(_probe(sink))
         healthy &= health.ok
-        detail = redact.for_spec(spec)(health.detail)
-        print(f"  reachable: {'yes' if health.ok else 'NO'} ({detail})")
+        print(f"  reachable: {'yes' if health.ok else 'NO'} ({shown(health.detail)})")
     print(f"rules: {len(config.router.rules)}")
     for warning in config.warnings:
         print(f"warning: {warning}")

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from relay import metrics, sinks
+from relay import cli, metrics, sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
 from relay.queue import stats
@@ -575,6 +575,19 @@ async def test_password_auth_and_denied_subject_is_a_dead_letter(tmp_path: Path)
                 break
         assert "refused the credentials" in messages[-1], messages
         assert not any("not-it" in m for m in messages)
+
+
+def test_relay_check_shows_no_password_of_the_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_server(4222, "NATS (nats-server -js)", START_SHARED)
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path))
+    for key, value in env("nats://relay:url-pa55word@127.0.0.1:4222", "checked").items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "address = nats://***@127.0.0.1:4222" in out and "reachable: yes" in out, out
+    assert "url-pa55word" not in out
 
 
 @pytest.fixture

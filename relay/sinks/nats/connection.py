@@ -89,8 +89,6 @@ class NatsConfig(SinkConfig, kw_only=True, frozen=True):
 _PERMISSION = re.compile(r"permissions violation for publish to \"?([^\s\"']+)", re.IGNORECASE)
 _CREDENTIALS_REFUSED = "authorization violation"
 
-clientlogs.quiet("nats")
-
 
 class NatsConnection:
     """A sink's NATS client. `prepare` runs on every new client before it is used (the
@@ -102,6 +100,7 @@ class NatsConnection:
         pending_size: int,
         prepare: Callable[[NatsClient], Awaitable[None]] | None = None,
     ) -> None:
+        clientlogs.quiet("nats")
         config = spec.typed(NatsConfig)
         self.sink = spec.name
         self.timeout = config.timeout
