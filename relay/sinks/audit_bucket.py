@@ -149,7 +149,7 @@ class AuditBucketSink:
                               "retry_timeout": timedelta(seconds=self.timeout)},
             )  # fmt: skip
         except Exception as exc:  # obstore refuses a configuration it cannot use
-            raise Retryable(f"cannot set up the S3 client: {_text(exc)}") from None
+            raise Retryable(f"cannot set up the S3 client: {_message(exc)}") from None
 
     async def close(self) -> None:
         if self.store is None:
@@ -227,7 +227,7 @@ class AuditBucketSink:
         except TimeoutError:
             return Health(False, f"{where}: no answer")
         except Exception as exc:
-            code = _code(_text(exc))
+            code = _code(_message(exc))
             if isinstance(exc, FileNotFoundError) and code != "NoSuchBucket":
                 return Health(True, f"{where} reachable, credentials accepted")
             if code == "AccessDenied":
@@ -242,7 +242,7 @@ class AuditBucketSink:
         return self.endpoint or f"AWS S3 ({self.store_config['region']})"
 
     def _classify(self, exc: BaseException, what: str, reading: bool = False) -> DeliveryError:
-        text = _text(exc)
+        text = _message(exc)
         if isinstance(exc, ValueError) and not isinstance(exc, obx.BaseError):
             return Permanent(f"{what}: {text}")  # obstore refused the object name
         status_match = _STATUS.search(text)
@@ -275,7 +275,7 @@ class AuditBucketSink:
         return Permanent(f"{what}: {where} refused the object: {status} {code or ''}".rstrip())
 
 
-def _text(exc: BaseException) -> str:
+def _message(exc: BaseException) -> str:
     """obstore's error without the Rust debug dump it appends."""
     return str(exc).split("\n\nDebug source", 1)[0].strip()
 
