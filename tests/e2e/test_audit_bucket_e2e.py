@@ -361,6 +361,8 @@ async def test_shutdown_writes_the_waiting_batch(
     async with asyncio.timeout(30):
         async with pipeline(tmp_path, config) as pipe:
             await pipe.append(events)
+            # started (its health probe answered, slow on a busy machine): the batch is read
+            await eventually(lambda: pipe.dispatcher.up is True, timeout=10)
             assert await s3.list_keys(bucket) == []  # the batch waits for company
             stopping = time.monotonic()
         took = time.monotonic() - stopping
