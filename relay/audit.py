@@ -39,7 +39,7 @@ from relay.progress import Bar
 from relay.queue import admin
 from relay.queue.log import LogEntry, entry_from_row
 from relay.queue.queries import Q
-from relay.sinks import auditlog
+from relay.sinks import auditlog, redact
 from relay.sinks.base import DeliveryError, exc_text
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -287,6 +287,7 @@ async def verify(
     if spec.type not in AUDIT_TYPES:
         raise admin.AdminError(f"{spec.name} is not an audit sink ({', '.join(AUDIT_TYPES)})")
     report = Report(spec.name, since, until, allow_duplicates=allow_duplicates)
+    config = spec.typed(auditlog.AuditConfig)
     audit_bucket = spec.options.get("bucket") if spec.type == "audit_bucket" else None
 
     def dropped(entry: LogEntry) -> bool:
@@ -295,12 +296,14 @@ async def verify(
     expected = expected_events(conn, report, routed, dropped)  # the CLI's own connection
     if not expected:
         return report
-    prefix = auditlog.normalise_prefix(spec["prefix"], spec.variable("prefix"))
+    prefix = auditlog.normalise_prefix(config.prefix, spec.variable("prefix"))
     await reader.start()
     try:
         await check_trail(reader, prefix, expected, report, lookback, progress)
     finally:
         await reader.close()
+    shown = redact.for_spec(spec)  # the readers' errors, as every sink error is shown
+    report.unreadable = [shown(text) for text in report.unreadable]
     return report
 
 
@@ -349,8 +352,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 since, until, lookback, args.allow_duplicates, bar,
             ))  # fmt: skip
         except DeliveryError as exc:
-            raise admin.AdminError(f"cannot read the trail of {spec.name}: {exc_text(exc)}"
-                                   ) from None  # fmt: skip
+            why = redact.for_spec(spec)(exc_text(exc))
+            raise admin.AdminError(f"cannot read the trail of {spec.name}: {why}") from None
     print(report.render())
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
+from functools import cache
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import msgspec
@@ -487,6 +488,7 @@ class SinkConfig(msgspec.Struct, kw_only=True, frozen=True):
     ] = "auto"
 
 
+@cache
 def options_of(config: type[SinkConfig]) -> tuple[Option, ...]:
     """The Options a SinkConfig class declares (its fields, the common ones first)."""
     hints = get_type_hints(config, include_extras=True)
@@ -545,8 +547,20 @@ class SinkSpec:
         return {o.key: redact(o, self.options.get(o.key)) for o in self.declared}
 
     def typed(self, config: builtins.type[C]) -> C:
-        """The option values as the sink's own SinkConfig class."""
-        return msgspec.convert(self.options, config)
+        """The option values as the sink's own SinkConfig class, or as a base of it
+        (SinkConfig, for the delivery policy). A key the sink redeclared with other values
+        (FORMAT: `namespace` on the SQL sinks, `ndjson` on the audit trails) is not the
+        base's key: the base reads its own default for it."""
+        wanted = {o.key: o for o in options_of(config)}
+        values = {
+            key: value
+            for key, value in self.options.items()
+            if not _redeclared(wanted.get(key), self.option(key))
+        }
+        return msgspec.convert(values, config)
+
+    def option(self, key: str) -> Option | None:
+        return next((o for o in self.declared if o.key == key), None)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -555,6 +569,14 @@ class SinkSpec:
 
 
 C = TypeVar("C", bound=SinkConfig)
+
+
+def _redeclared(wanted: Option | None, declared: Option | None) -> bool:
+    return (
+        wanted is not None
+        and declared is not None
+        and (wanted.kind, wanted.choices) != (declared.kind, declared.choices)
+    )
 
 
 def sink_options(own: Sequence[Option]) -> tuple[Option, ...]:

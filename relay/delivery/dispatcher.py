@@ -137,6 +137,7 @@ class Dispatcher:
         send_event = getattr(sink, "send_event", None)
         self._send_event: Callable[[LogEntry], Any] | None = send_event
         self._send_batch = getattr(sink, "send_batch", None) or getattr(sink, "send", None)
+        self._in_waves = bool(getattr(sink, "one_per_object", False))
 
     def stop(self) -> None:
         self._stop.set()
@@ -530,6 +531,9 @@ class Dispatcher:
                     results = await lanes.send_in_lanes(
                         batch, self._send_event, self.policy.concurrency
                     )
+                elif self._in_waves:
+                    assert self._send_batch is not None
+                    results = await lanes.send_in_waves(batch, self._send_batch)
                 else:
                     assert self._send_batch is not None
                     results = await self._send_batch(batch)

@@ -32,13 +32,16 @@ _SOURCE_TREE = {
         "file",
         "kafka",
         "amqp",
-        "nats",
         "redis",
         "mqtt",
         "audit_bucket",
-        "nats_objects",
     )
-} | {"postgres": "relay.sinks.table.postgres", "mysql": "relay.sinks.table.mysql"}
+} | {
+    "postgres": "relay.sinks.table.postgres",
+    "mysql": "relay.sinks.table.mysql",
+    "nats": "relay.sinks.nats.messages",
+    "nats_objects": "relay.sinks.nats.objects",
+}
 _TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

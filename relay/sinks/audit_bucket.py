@@ -4,10 +4,11 @@ upload overwrites itself.
 
 Objects are `<prefix>/<bucket>/YYYY/MM/DD/HH-MM-SS-<first seq>-<last seq>.ndjson[.gz]`, one
 line per event: the normalised fields and the record as the store sent it (see
-relay/sinks/auditlog.py). Uploads are single-part PUTs with no SDK checksum headers (obstore's
-defaults), path-style unless VIRTUAL_HOSTED is on. A batch is acknowledged only once every
-object of it is written. Events about the audit bucket itself are not written (a bucket
-that notifies the relay about its own audit objects would feed itself forever).
+relay/sinks/auditlog.py, also for how each event is written once). Uploads are single-part
+PUTs with no SDK checksum headers (obstore's defaults), path-style unless VIRTUAL_HOSTED is
+on. An event is acknowledged only once its object is written. Events about the audit bucket
+itself are not written (a bucket that notifies the relay about its own audit objects would
+feed itself forever).
 
 Errors: connection failures, timeouts and 5xx are retried; 403 (access denied, credentials
 refused) and 404 NoSuchBucket are retried too, with a message saying what to fix, so the
@@ -17,59 +18,51 @@ events wait for the operator instead of going to the dead letters; other 4xx are
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import obstore
 import obstore.exceptions as obx
 from obstore.store import S3Store
 
-from relay.config import ConfigError, Option, SinkSpec
+from relay.config import ConfigError, Key, SinkSpec
 from relay.queue.log import LogEntry
 from relay.sinks import auditlog
 from relay.sinks.base import DeliveryError, Health, Permanent, Result, Retryable, exc_text
 
-log = logging.getLogger("relay.sinks.audit_bucket")
-
 TYPE = "audit_bucket"
-OPTIONS = (
-    Option(
-        "endpoint",
-        "str",
-        "",
-        "S3 endpoint URL, e.g. `http://rgw:7480` or `https://minio.example:9000`; empty for "
-        "AWS (the REGION's endpoint). An `http://` endpoint needs ALLOW_HTTP=on.",
-    ),
-    Option("region", "str", "us-east-1", "Region the requests are signed for."),
-    Option("bucket", "str", "", "Bucket the audit objects are written to.", required=True),
-    Option(
-        "access_key",
-        "str",
-        "",
-        "Access key; empty: the standard AWS_ACCESS_KEY_ID (or the AWS credential chain).",
-    ),
-    Option(
-        "secret_key",
-        "str",
-        "",
-        "Secret key of ACCESS_KEY; empty: AWS_SECRET_ACCESS_KEY.",
-        secret=True,
-    ),
-    Option(
-        "virtual_hosted",
-        "bool",
-        False,
-        "Virtual-hosted-style requests (`bucket.host`); off: path-style (`host/bucket`), "
-        "what Ceph, MinIO and RustFS expect.",
-    ),
-    Option("allow_http", "bool", False, "Allow a plain `http://` ENDPOINT (no TLS)."),
-    Option("tls_ca", "str", "", "PEM CA bundle that signs the endpoint's certificate."),
-    *auditlog.OPTIONS,
-)
+
+
+class Config(auditlog.AuditConfig, kw_only=True, frozen=True):
+    endpoint: Annotated[
+        str,
+        Key(
+            "S3 endpoint URL, e.g. `http://rgw:7480` or `https://minio.example:9000`; empty "
+            "for AWS (the REGION's endpoint). An `http://` endpoint needs ALLOW_HTTP=on."
+        ),
+    ] = ""
+    region: Annotated[str, Key("Region the requests are signed for.")] = "us-east-1"
+    bucket: Annotated[str, Key("Bucket the audit objects are written to.", required=True)] = ""
+    access_key: Annotated[
+        str,
+        Key("Access key; empty: the standard AWS_ACCESS_KEY_ID (or the AWS credential chain)."),
+    ] = ""
+    secret_key: Annotated[
+        str, Key("Secret key of ACCESS_KEY; empty: AWS_SECRET_ACCESS_KEY.", secret=True)
+    ] = ""
+    virtual_hosted: Annotated[
+        bool,
+        Key(
+            "Virtual-hosted-style requests (`bucket.host`); off: path-style (`host/bucket`), "
+            "what Ceph, MinIO and RustFS expect."
+        ),
+    ] = False
+    allow_http: Annotated[bool, Key("Allow a plain `http://` ENDPOINT (no TLS).")] = False
+    tls_ca: Annotated[str, Key("PEM CA bundle that signs the endpoint's certificate.")] = ""
+
 
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]+)</Code>")
@@ -90,15 +83,16 @@ _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToke
 class AuditBucketSink:
     def __init__(self, spec: SinkSpec) -> None:
         self.name = spec.name
-        self.bucket: str = spec["bucket"]
-        self.endpoint: str = spec["endpoint"].rstrip("/")
-        self.timeout: float = spec["timeout"]
-        self.prefix = auditlog.normalise_prefix(spec["prefix"], spec.variable("prefix"))
+        config = spec.typed(Config)
+        self.bucket = config.bucket
+        self.endpoint = config.endpoint.rstrip("/")
+        self.timeout = config.timeout
+        self.prefix = auditlog.normalise_prefix(config.prefix, spec.variable("prefix"))
         if self.endpoint:
             parts = urlsplit(self.endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(f"{spec.variable('endpoint')}: not an http(s) URL")
-            if parts.scheme == "http" and not spec["allow_http"]:
+            if parts.scheme == "http" and not config.allow_http:
                 raise ConfigError(
                     f"{spec.variable('endpoint')}: an http:// endpoint sends every object "
                     f"unencrypted; set {spec.variable('allow_http')}=on to allow it"
@@ -108,36 +102,35 @@ class AuditBucketSink:
                     f"{spec.variable('endpoint')}: put credentials in ACCESS_KEY/SECRET_KEY, "
                     "not in the URL"
                 )
-        if bool(spec["access_key"]) != bool(spec["secret_key"]):
-            missing = "secret_key" if spec["access_key"] else "access_key"
+        if bool(config.access_key) != bool(config.secret_key):
+            missing = "secret_key" if config.access_key else "access_key"
             raise ConfigError(f"{spec.variable(missing)}: required with the other key")
-        self.secret: str = spec["secret_key"]
-        self.config: dict[str, Any] = {
-            "region": spec["region"],
-            "virtual_hosted_style_request": spec["virtual_hosted"],
+        self.store_config: dict[str, Any] = {
+            "region": config.region,
+            "virtual_hosted_style_request": config.virtual_hosted,
         }
         if self.endpoint:
             # AWS_ENDPOINT_URL_S3 in the environment would win over `endpoint`: ours rules
-            self.config["endpoint"] = self.endpoint
-            self.config["aws_endpoint_url_s3"] = self.endpoint
-        if spec["access_key"]:
-            self.config["access_key_id"] = spec["access_key"]
-            self.config["secret_access_key"] = spec["secret_key"]
+            self.store_config["endpoint"] = self.endpoint
+            self.store_config["aws_endpoint_url_s3"] = self.endpoint
+        if config.access_key:
+            self.store_config["access_key_id"] = config.access_key
+            self.store_config["secret_access_key"] = config.secret_key
         self.client_options: dict[str, Any] = {
-            "allow_http": spec["allow_http"],
+            "allow_http": config.allow_http,
             "timeout": timedelta(seconds=self.timeout),
             "connect_timeout": timedelta(seconds=min(self.timeout, 5.0)),
             "user_agent": "s3-notify-relay",
         }
-        if spec["tls_ca"]:
+        if config.tls_ca:
             try:
-                with open(spec["tls_ca"], "rb") as handle:
+                with open(config.tls_ca, "rb") as handle:
                     self.client_options["root_certificate"] = handle.read()
             except OSError as exc:
                 raise ConfigError(f"{spec.variable('tls_ca')}: cannot read: {exc}") from None
         self.writer = auditlog.AuditWriter(
-            self.name, self.prefix, spec["compression"], spec["concurrency"],
-            auditlog.expected_principals(),
+            self.name, self.prefix, config.compression, config.concurrency,
+            auditlog.expected_principals(), auditlog.remembered(config),
         )  # fmt: skip
         self.store: S3Store | None = None
 
@@ -149,14 +142,14 @@ class AuditBucketSink:
         try:
             self.store = S3Store(
                 self.bucket,
-                config=self.config,  # type: ignore[arg-type]
+                config=self.store_config,  # type: ignore[arg-type]
                 client_options=self.client_options,  # type: ignore[arg-type]
                 # one attempt per send: the dispatcher retries, with its own backoff
                 retry_config={"max_retries": 0,
                               "retry_timeout": timedelta(seconds=self.timeout)},
             )  # fmt: skip
         except Exception as exc:  # obstore refuses a configuration it cannot use
-            raise Retryable(f"cannot set up the S3 client: {self._text(exc)}") from None
+            raise Retryable(f"cannot set up the S3 client: {_message(exc)}") from None
 
     async def close(self) -> None:
         if self.store is None:
@@ -170,7 +163,7 @@ class AuditBucketSink:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def send(self, batch: Sequence[LogEntry]) -> list[Result]:
+    async def send_batch(self, batch: Sequence[LogEntry]) -> list[Result]:
         await self.start()
         return await self.writer.send(batch, self._put, self._is_self)
 
@@ -234,8 +227,7 @@ class AuditBucketSink:
         except TimeoutError:
             return Health(False, f"{where}: no answer")
         except Exception as exc:
-            text = self._text(exc)
-            code = _code(text)
+            code = _code(_message(exc))
             if isinstance(exc, FileNotFoundError) and code != "NoSuchBucket":
                 return Health(True, f"{where} reachable, credentials accepted")
             if code == "AccessDenied":
@@ -247,16 +239,10 @@ class AuditBucketSink:
         return Health(True, f"{where} reachable, credentials accepted")
 
     def _where(self) -> str:
-        return self.endpoint or f"AWS S3 ({self.config['region']})"
-
-    def _text(self, exc: BaseException) -> str:
-        text = str(exc).split("\n\nDebug source", 1)[0].strip()
-        if self.secret and len(self.secret) >= 4:
-            text = text.replace(self.secret, "***")
-        return text
+        return self.endpoint or f"AWS S3 ({self.store_config['region']})"
 
     def _classify(self, exc: BaseException, what: str, reading: bool = False) -> DeliveryError:
-        text = self._text(exc)
+        text = _message(exc)
         if isinstance(exc, ValueError) and not isinstance(exc, obx.BaseError):
             return Permanent(f"{what}: {text}")  # obstore refused the object name
         status_match = _STATUS.search(text)
@@ -287,6 +273,11 @@ class AuditBucketSink:
             return Retryable(f"{what}: {where} answered {status} {code or ''}".rstrip()
                              + "; check the sink's configuration. Events wait.")  # fmt: skip
         return Permanent(f"{what}: {where} refused the object: {status} {code or ''}".rstrip())
+
+
+def _message(exc: BaseException) -> str:
+    """obstore's error without the Rust debug dump it appends."""
+    return str(exc).split("\n\nDebug source", 1)[0].strip()
 
 
 def _code(text: str) -> str | None:

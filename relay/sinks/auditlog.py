@@ -7,12 +7,13 @@ is derived from its events, never from the clock or a counter:
 
     <prefix>/<bucket>/YYYY/MM/DD/HH-MM-SS-<first seq>-<last seq>.ndjson[.gz]
 
-with the time of the first event's arrival (UTC). So an upload that is retried writes the
-same name with the same bytes (gzip with mtime 0), and overwrites itself instead of leaving
-a duplicate. When an upload failed and the next batch brings more events of that bucket, the
-failed object is cut again where it ended before (remembered in memory; a restart forgets
-it, which costs at most a duplicate, never a loss). Nothing is buffered in the sink: the
-dispatcher holds a partial batch un-acked in the log while it waits `MAX_OBJECT_AGE`.
+with the time of the first event's arrival (UTC), and the same bytes on every upload (gzip
+with mtime 0). The trail is ordered by seq, which every line and every name carries, not by
+when objects were written: the objects of a batch are written side by side.
+
+Each event is written once (what `relay audit verify` checks), although delivery may hand an
+event over again (see `AuditWriter`). Nothing is buffered in the sink: the dispatcher holds
+a partial batch un-acked in the log while it waits `MAX_OBJECT_AGE`.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from relay import metrics
-from relay.config import ConfigError, Option, parse_list
+from relay.config import ConfigError, Duration, Key, SinkConfig, Size, parse_list
 from relay.queue.log import LogEntry
-from relay.sinks.base import DeliveryError, Result, Retryable, exc_text
+from relay.sinks.base import DeliveryError, Permanent, Result, Retryable, describe
 
 EXTENSION = ".ndjson"
 GZIP_EXTENSION = ".ndjson.gz"
@@ -40,56 +41,58 @@ CONTENT_TYPE = "application/x-ndjson"
 GZIP_CONTENT_TYPE = "application/gzip"
 EXPECTED_PRINCIPALS_ENV = "RELAY_EXPECTED_PRINCIPALS"
 EMPTY_BUCKET = "_"  # the name segment of events that name no bucket (some audit entries)
-MAX_CUTS = 4096
 
-# The keys both sinks declare the same way. MAX_OBJECT_BYTES and MAX_OBJECT_AGE are the
-# dispatcher's BATCH_BYTES and BATCH_WAIT under the names an operator thinks in (the common
-# spellings are accepted too); the defaults make objects of minutes, not of single events.
-OPTIONS = (
-    Option(
-        "format",
-        "choice",
-        "ndjson",
-        "Shape of the objects: `ndjson`, the only one (one line per event, see the README's "
-        "Audit trail); the other sinks' payload formats do not apply.",
-        choices=("ndjson",),
-    ),
-    Option(
-        "prefix",
-        "str",
-        "audit",
-        "Name prefix of every object (`<prefix>/<bucket>/YYYY/MM/DD/…`); empty for none.",
-    ),
-    Option(
-        "compression",
-        "choice",
-        "none",
-        "`none` (`.ndjson`) or `gzip` (`.ndjson.gz`, deterministic: a retried upload "
-        "writes the same bytes).",
-        choices=("none", "gzip"),
-    ),
-    Option(
-        "batch_bytes",
-        "size",
-        8 * 1024**2,
-        "Most bytes of records (as received) in one object: a batch is cut before it "
-        "would pass this. Each line adds the normalised fields (~0.5 KiB per event) before "
-        "compression. The common BATCH_BYTES, accepted too.",
-        env_key="MAX_OBJECT_BYTES",
-        aliases=("BATCH_BYTES",),
-    ),
-    Option(
-        "batch_wait",
-        "duration",
-        60.0,
-        "Longest an event waits, un-acknowledged in the log, for company before its "
-        "object is written (0: write each batch at once). The common BATCH_WAIT, accepted "
-        "too.",
-        env_key="MAX_OBJECT_AGE",
-        aliases=("BATCH_WAIT",),
-    ),
-    Option("batch_size", "int", 10_000, "Most events in one object."),
-)
+
+class AuditConfig(SinkConfig, kw_only=True, frozen=True):
+    """The keys both audit sinks declare the same way. MAX_OBJECT_BYTES and MAX_OBJECT_AGE
+    are the dispatcher's BATCH_BYTES and BATCH_WAIT under the names an operator thinks in
+    (the common spellings are accepted too); the defaults make objects of minutes, not of
+    single events."""
+
+    # FORMAT is the objects' shape here, not a payload format
+    format: Annotated[
+        Literal["ndjson"],
+        Key(
+            "Shape of the objects: `ndjson`, the only one (one line per event, see the "
+            "README's Audit trail); the other sinks' payload formats do not apply."
+        ),
+    ] = "ndjson"  # type: ignore[assignment]
+    prefix: Annotated[
+        str,
+        Key("Name prefix of every object (`<prefix>/<bucket>/YYYY/MM/DD/…`); empty for none."),
+    ] = "audit"
+    compression: Annotated[
+        Literal["none", "gzip"],
+        Key(
+            "`none` (`.ndjson`) or `gzip` (`.ndjson.gz`, deterministic: a retried upload "
+            "writes the same bytes)."
+        ),
+    ] = "none"
+    batch_bytes: Annotated[
+        Size,
+        Key(
+            "Most bytes of records (as received) in one object: a batch is cut before it "
+            "would pass this. Each line adds the normalised fields (~0.5 KiB per event) "
+            "before compression. The common BATCH_BYTES, accepted too.",
+            env_key="MAX_OBJECT_BYTES",
+            aliases=("BATCH_BYTES",),
+        ),
+    ] = 8 * 1024**2
+    batch_wait: Annotated[
+        Duration,
+        Key(
+            "Longest an event waits, un-acknowledged in the log, for company before its "
+            "object is written (0: write each batch at once). The common BATCH_WAIT, "
+            "accepted too.",
+            env_key="MAX_OBJECT_AGE",
+            aliases=("BATCH_WAIT",),
+        ),
+    ] = 60.0
+    batch_size: Annotated[int, Key("Most events in one object.")] = 10_000
+    concurrency: Annotated[
+        int, Key("Objects of a batch (one per source bucket) written at once.")
+    ] = 4
+
 
 # Until relay/metrics.py defines relay_audit_self_events_total and
 # relay_unexpected_principal_total, the counts live here (tests read them); once it does,
@@ -115,6 +118,7 @@ class AuditObject:
     first_seq: int
     last_seq: int
     indexes: tuple[int, ...]  # positions in the entries batch_objects() was given
+    seqs: tuple[int, ...]  # the events it holds
     unexpected: int = 0  # lines marked unexpected_principal
 
     @property
@@ -143,6 +147,12 @@ def normalise_prefix(text: str, variable: str) -> str:
     if any(p in (".", "..") for p in parts):
         raise ConfigError(f"{variable}: {text!r} has a `.` or `..` segment")
     return "/".join(parts)
+
+
+def remembered(config: AuditConfig) -> int:
+    """How many events' objects a writer remembers (~140 bytes each): twice what delivery
+    can hand over again, its parked events and a held batch."""
+    return 2 * (config.max_parked + config.batch_size)
 
 
 def expected_principals(env: Any = None) -> frozenset[str] | None:
@@ -233,28 +243,17 @@ def batch_objects(
     compression: str,
     *,
     expected: frozenset[str] | None = None,
-    cuts: dict[tuple[str, int], int] | None = None,
 ) -> list[AuditObject]:
-    """The objects of a batch: one per source bucket, in order of each bucket's first event;
-    a bucket whose earlier upload failed is cut where that object ended (`cuts`:
-    (bucket, first seq) → last seq), so its retry writes the very same object."""
+    """The objects of a batch: one per source bucket, in order of each bucket's first event,
+    each holding its bucket's events in seq order."""
     groups: dict[str, list[int]] = {}
     for index, entry in enumerate(entries):
         groups.setdefault(entry.event.bucket, []).append(index)
-    objects = []
-    for bucket, indexes in groups.items():
-        start = 0
-        while start < len(indexes):
-            end = len(indexes)
-            cut = (cuts or {}).get((bucket, entries[indexes[start]].seq))
-            if cut is not None:
-                end = start + 1
-                while end < len(indexes) and entries[indexes[end]].seq <= cut:
-                    end += 1
-            chunk = indexes[start:end]
-            objects.append(_make_object(entries, chunk, bucket, prefix, compression, expected))
-            start = end
-    return objects
+    return [
+        _make_object(entries, sorted(chunk, key=lambda i: entries[i].seq), bucket, prefix,
+                     compression, expected)
+        for bucket, chunk in groups.items()
+    ]  # fmt: skip
 
 
 def _make_object(
@@ -272,7 +271,8 @@ def _make_object(
     unexpected = sum(is_unexpected(entries[i].event.principal, expected) for i in chunk)
     return AuditObject(
         object_name(prefix, bucket, first, last.seq, compression),
-        body, bucket, first.seq, last.seq, tuple(chunk), unexpected,
+        body, bucket, first.seq, last.seq, tuple(chunk), tuple(entries[i].seq for i in chunk),
+        unexpected,
     )  # fmt: skip
 
 
@@ -297,25 +297,37 @@ def count_unexpected(bucket: str, n: int) -> None:
 
 
 class AuditWriter:
-    """What both audit sinks do with a batch: drop what must not be written, make the
-    objects, write them (buckets in parallel, one bucket's objects in order), and give each
-    event the result of its object. A batch counts as delivered only when every object of it
-    was written; an event of a failed object gets that object's error."""
+    """What both audit sinks do with a batch: leave out what must not be written, put each
+    event into exactly one object, write the objects (CONCURRENCY at once) and give each
+    event the result of its object.
+
+    Delivery may hand an event over again: a later event of an object is sent again after an
+    earlier one of the object that failed, a held cursor re-reads what followed it, and a
+    failed object's events come back on their objects' own retry schedules, not together.
+    Writing them into new objects would put an event in the trail twice when an upload had
+    succeeded although it was reported failed. So an event, once given an object, stays in
+    it (remembered for the last `remember` events):
+    - its object was stored: it is in the trail, and is delivered again without a write;
+    - its object failed: that object is written again as it was (same name, same bytes,
+      with all its events, whichever of them came back), so it overwrites itself.
+    A restart forgets: an event handed over again after one may be written a second time
+    (`relay audit verify` reports it duplicated), never lost."""
 
     def __init__(
         self, sink: str, prefix: str, compression: str, concurrency: int,
-        expected: frozenset[str] | None,
+        expected: frozenset[str] | None, remember: int = 40_000,
     ) -> None:  # fmt: skip
         self.sink = sink
+        self.remember = remember
         self.prefix = prefix
         self.compression = compression
         self.concurrency = max(1, concurrency)
         self.expected = expected
-        self.cuts: OrderedDict[tuple[str, int], int] = OrderedDict()
+        # seq → the failed object holding it (to write again), or None once it is stored
+        self.placed: OrderedDict[int, AuditObject | None] = OrderedDict()
 
     def objects(self, entries: Sequence[LogEntry]) -> list[AuditObject]:
-        return batch_objects(entries, self.prefix, self.compression,
-                             expected=self.expected, cuts=self.cuts)  # fmt: skip
+        return batch_objects(entries, self.prefix, self.compression, expected=self.expected)
 
     async def send(
         self,
@@ -324,52 +336,58 @@ class AuditWriter:
         drop: Callable[[LogEntry], bool] | None = None,
     ) -> list[Result]:
         results: list[Result] = [None] * len(batch)
-        keep = [i for i, entry in enumerate(batch) if drop is None or not drop(entry)]
-        if len(keep) < len(batch):
-            count_self_events(self.sink, len(batch) - len(keep))
-        if not keep:
-            return results
-        entries = [batch[i] for i in keep]
-        # rendering and gzip of a few MiB: off the event loop (zlib releases the GIL)
-        objects = await asyncio.to_thread(self.objects, entries)
-        lanes: dict[str, list[AuditObject]] = {}
-        for obj in objects:
-            lanes.setdefault(obj.bucket, []).append(obj)
+        fresh: list[int] = []
+        again: dict[str, tuple[AuditObject, list[int]]] = {}  # failed objects, by name
+        dropped = 0
+        for index, entry in enumerate(batch):
+            if drop is not None and drop(entry):
+                dropped += 1
+            elif entry.seq not in self.placed:
+                fresh.append(index)
+            else:
+                self.placed.move_to_end(entry.seq)
+                obj = self.placed[entry.seq]
+                if obj is not None:
+                    again.setdefault(obj.name, (obj, []))[1].append(index)
+        if dropped:
+            count_self_events(self.sink, dropped)
+        writes = list(again.values())
+        if fresh:
+            # rendering and gzip of a few MiB: off the event loop (zlib releases the GIL)
+            made = await asyncio.to_thread(self.objects, [batch[i] for i in fresh])
+            writes += [(obj, [fresh[i] for i in obj.indexes]) for obj in made]
         gate = asyncio.Semaphore(self.concurrency)
 
-        def settle(obj: AuditObject, result: Result) -> None:
-            for index in obj.indexes:
-                results[keep[index]] = result
-
-        async def lane(objs: list[AuditObject]) -> None:
-            for position, obj in enumerate(objs):
-                try:
-                    async with gate:
-                        await put(obj)
-                except DeliveryError as exc:
-                    error: DeliveryError = exc
-                except Exception as exc:  # a bug or an unclassified client error
-                    error = Retryable(f"{type(exc).__name__}: {exc}")
-                else:
-                    self.cuts.pop((obj.bucket, obj.first_seq), None)
-                    if obj.unexpected:
-                        count_unexpected(obj.bucket, obj.unexpected)
-                    continue
-                settle(obj, error)
-                if isinstance(error, Retryable):
-                    self._remember_cut(obj)
-                later = Retryable(f"not written: an earlier object of bucket {obj.bucket!r} "
-                                  f"failed ({exc_text(error)})")  # fmt: skip
-                for rest in objs[position + 1 :]:
-                    settle(rest, later)
+        async def write(obj: AuditObject, indexes: list[int]) -> None:
+            try:
+                async with gate:
+                    await put(obj)
+            except DeliveryError as exc:
+                error: DeliveryError = exc
+            except Exception as exc:  # a bug or an unclassified client error
+                error = Retryable(describe(exc))
+            else:
+                self._place(obj, None)
+                if obj.unexpected:
+                    count_unexpected(obj.bucket, obj.unexpected)
                 return
+            for index in indexes:
+                results[index] = error
+            if isinstance(error, Permanent):
+                self._forget(obj)  # dead letters: a retry of them makes a new object
+            else:
+                self._place(obj, obj)
 
-        await asyncio.gather(*(lane(objs) for objs in lanes.values()))
+        await asyncio.gather(*(write(obj, indexes) for obj, indexes in writes))
         return results
 
-    def _remember_cut(self, obj: AuditObject) -> None:
-        key = (obj.bucket, obj.first_seq)
-        self.cuts[key] = obj.last_seq
-        self.cuts.move_to_end(key)
-        while len(self.cuts) > MAX_CUTS:
-            self.cuts.popitem(last=False)
+    def _place(self, obj: AuditObject, value: AuditObject | None) -> None:
+        for seq in obj.seqs:
+            self.placed[seq] = value
+            self.placed.move_to_end(seq)
+        while len(self.placed) > self.remember:
+            self.placed.popitem(last=False)
+
+    def _forget(self, obj: AuditObject) -> None:
+        for seq in obj.seqs:
+            self.placed.pop(seq, None)

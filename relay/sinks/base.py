@@ -19,7 +19,11 @@ and the sink sends in one of two ways:
 - `send_batch(batch)`: every event at once (pipelined), returning one result per entry, in
   order: None when delivered, or the `Retryable`/`Permanent` error for that entry. Raising
   instead says the whole batch failed that way (broker unreachable). The layer sends again,
-  after the failed one, any later event of the same object the target acknowledged.
+  after the failed one, any later event of the same object the target acknowledged. A sink
+  whose target would drop that resend as a duplicate, keeping its first copy before the
+  failed event (JetStream), sets `one_per_object = True`: each call then holds at most one
+  event of each object, the next only once the one before was delivered (relay/delivery/
+  lanes.py, waves).
 
 No sink keeps order, redacts secrets or schedules retries itself.
 """

@@ -5,7 +5,9 @@ errors, redis-py's async pool can keep dead connections checked out after an out
 nats-py gives up reconnecting unless told not to), but what a sink does about it is the
 same, and is here:
 - `get()` opens a client when there is none, bounded by the sink's timeout; a failure is a
-  `Retryable` for the whole batch ("cannot connect to …");
+  `Retryable` for the whole batch ("cannot connect to …"). A library that keeps retrying
+  inside its own connect (nats-py) learns why only through a callback: `reason` returns it,
+  so an open that ran out of time says why instead of "no answer";
 - after a failed open, the next one waits out a backoff (exponential with full jitter,
   tenacity's, never shorter than `least_wait`: a sink's own reconnect interval), so a
   target that is down is not dialled by every batch; while waiting, `get()` fails at once
@@ -43,6 +45,7 @@ class Connection(Generic[T]):
         close: Callable[[T], Awaitable[object]],
         timeout: float,
         least_wait: float = 0.0,
+        reason: Callable[[], str] | None = None,
     ) -> None:
         self.sink = sink
         self.where = where  # what to name in errors: "kafka at h1:9092" (no secrets)
@@ -50,6 +53,7 @@ class Connection(Generic[T]):
         self._close = close
         self.timeout = timeout
         self.least_wait = least_wait
+        self._reason = reason
         self.client: T | None = None
         self.opened = 0  # clients made so far
         self.dropped = 0  # clients thrown away as broken
@@ -73,7 +77,10 @@ class Connection(Generic[T]):
                 async with asyncio.timeout(self.timeout):
                     client = await self._open()
             except TimeoutError:
-                self._failed(f"cannot connect to {self.where}: no answer within {self.timeout:g}s")
+                why = (self._reason() if self._reason else "") or (
+                    f"no answer within {self.timeout:g}s"
+                )
+                self._failed(f"cannot connect to {self.where}: {why}")
             except DeliveryError as exc:
                 self._failed(str(exc), exc)
             except Exception as exc:

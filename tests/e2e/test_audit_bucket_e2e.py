@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -25,10 +26,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from relay import sinks
+from relay import metrics, sinks
 from relay.audit import verify
 from relay.config import load_sinks
 from relay.events import Event, parse_body
+from relay.queue import stats
 from relay.queue.log import LogEntry
 from relay.sinks import auditlog
 from relay.sinks.base import Retryable
@@ -263,13 +265,16 @@ async def test_gzip_objects_are_the_same_bytes_on_every_upload(
 async def test_a_retried_upload_overwrites_itself(
     tmp_path: Path, ceph: Ceph, s3: S3, proxy: Proxy, bucket: str
 ) -> None:
-    """The same batch twice: one object, the same bytes. Then a PUT that RGW stored but
-    whose answer was lost: the next, larger batch rewrites that object as it was and puts
-    the rest in a second one, so no event is in two objects."""
+    """The same batch through a second sink (a restarted relay): one object, the same bytes.
+    Then a PUT that RGW stored but whose answer was lost: its events come back to the sink
+    one object lane at a time, with newer ones; the first to return brings the object back
+    as it was, the newer ones go into a second object, and the last to return are written
+    no more. No event is in two objects."""
     specs, _ = load_sinks(
         env(proxy.url, bucket, ceph, COMPRESSION="gzip"), sinks.declared_options()
     )
-    sink = sinks.create(specs[0])
+    made = [sinks.create(specs[0]) for _ in range(3)]
+    first_sink, restarted, sink = made
     # a whole second: all five arrival times (t0 + 1.01 … 1.05 s) fall in one second, so both
     # objects' names carry the same HH-MM-SS
     t0 = float(int(time.time()))
@@ -277,21 +282,25 @@ async def test_a_retried_upload_overwrites_itself(
              for seq in range(101, 106)]  # fmt: skip
     try:
         async with asyncio.timeout(30):
-            assert await sink.send(batch[:3]) == [None] * 3
+            assert await first_sink.send_batch(batch[:3]) == [None] * 3  # type: ignore[attr-defined]
             first = await objects(s3, bucket)
-            assert await sink.send(batch[:3]) == [None] * 3
+            assert await restarted.send_batch(batch[:3]) == [None] * 3  # type: ignore[attr-defined]
             assert await objects(s3, bucket) == first and len(first) == 1
 
             proxy.lose_answers = True
             await s3.delete_object(bucket, next(iter(first)))
-            results = await sink.send(batch[:3])
+            results = await sink.send_batch(batch[:3])  # type: ignore[attr-defined]
             assert all(isinstance(r, Retryable) for r in results), results
             assert await objects(s3, bucket) == first  # RGW did store it
             proxy.lose_answers = False
-            assert await sink.send(batch) == [None] * 5
+            assert await sink.send_batch([batch[1], *batch[3:]]) == [None] * 3  # type: ignore[attr-defined]
+            puts = sum(r.method == "PUT" for r in proxy.requests)
+            assert await sink.send_batch([batch[0], batch[2]]) == [None] * 2  # type: ignore[attr-defined]
+            assert sum(r.method == "PUT" for r in proxy.requests) == puts
             found = await objects(s3, bucket)
     finally:
-        await sink.close()
+        for each in made:
+            await each.close()
     (name_a,) = first
     assert set(found) == {name_a, name_a.replace("-101-103.", "-104-105.")}
     assert found[name_a] == first[name_a]
@@ -352,6 +361,8 @@ async def test_shutdown_writes_the_waiting_batch(
     async with asyncio.timeout(30):
         async with pipeline(tmp_path, config) as pipe:
             await pipe.append(events)
+            # started (its health probe answered, slow on a busy machine): the batch is read
+            await eventually(lambda: pipe.dispatcher.up is True, timeout=10)
             assert await s3.list_keys(bucket) == []  # the batch waits for company
             stopping = time.monotonic()
         took = time.monotonic() - stopping
@@ -433,6 +444,49 @@ async def test_an_outage_keeps_events_waiting_and_loses_or_repeats_none(
     spans = sorted((auditlog.parse_name(n).first_seq, auditlog.parse_name(n).last_seq)  # type: ignore[union-attr]
                    for n in found)  # fmt: skip
     assert len(spans) >= 3  # docs and photos objects after the outage
+
+
+async def test_one_source_bucket_refused_waits_while_the_others_are_written_once(
+    tmp_path: Path, ceph: Ceph, s3: S3, bucket: str
+) -> None:
+    """The layer's acceptance on the audit bucket. A bucket policy denies PUTs under
+    `audit/photos/` (AccessDenied: retried, the events wait), so the first batch's photos
+    object fails while its docs and media objects are written; the photos objects' events
+    wait (parked) while the other buckets flow, the first of each retried alone, into that
+    same object. Then nothing is denied. Every event is in the trail once, each object's
+    lines in seq order (the trail's order: every line and name carries the seq)."""
+    buckets = ("docs", "photos", "media")
+    events = [minio_event(buckets[n % 3], f"k{n % 4}", n) for n in range(1, 61)]
+    async with asyncio.timeout(90):
+        await _deny(s3, bucket, "audit/photos/*")
+        async with pipeline(tmp_path, env(ceph.endpoint, bucket, ceph, BATCH_SIZE="20")) as pipe:
+            await pipe.append(events)
+            entries = await log_entries(pipe)
+            others = [e.seq for e in entries if e.event.bucket != "photos"]
+            photos = [e.seq for e in entries if e.event.bucket == "photos"]
+
+            async def others_written() -> dict[str, bytes]:
+                found = await objects(s3, bucket)
+                return found if seqs_of(found) == others else {}
+
+            while_refused = await eventually(others_written, timeout=20)
+            await eventually(lambda: _parked(pipe, len(photos)), timeout=10)
+            errors = await retry_errors(pipe)
+            failed = {m.group(1) for e in errors for m in [re.search(r"PUT (\S+):", e)] if m}
+            assert len(failed) == 1 and all("access denied" in e for e in errors), errors
+            (first_object,) = failed
+            await s3.request("DELETE", bucket, query={"policy": ""}, expect=(200, 204))
+            await pipe.settled(timeout=30)
+            assert await pipe.dead_letters() == []
+        found = await objects(s3, bucket)
+    assert not any(n.startswith("audit/photos/") for n in while_refused)
+    assert first_object in found and len([n for n in found if "/photos/" in n]) >= 2
+    assert seqs_of(found) == sorted(others + photos)  # every event, each once
+    for name, body in found.items():
+        got = [int(fields["seq"]) for fields, _ in lines(body)]  # type: ignore[call-overload]
+        parsed = auditlog.parse_name(name)
+        assert parsed is not None and got == sorted(got)
+        assert (parsed.first_seq, parsed.last_seq) == (got[0], got[-1])
 
 
 async def test_a_missing_bucket_keeps_events_waiting_until_it_exists(
@@ -545,6 +599,19 @@ async def _count(
     return found
 
 
+async def _deny(s3: S3, bucket: str, what: str) -> None:
+    """A bucket policy refusing every PUT of `what` (a name or a `prefix/*`) in `bucket`."""
+    statement = {"Sid": "Hold", "Effect": "Deny", "Principal": {"AWS": ["*"]},
+                 "Action": ["s3:PutObject"], "Resource": [f"arn:aws:s3:::{bucket}/{what}"]}  # fmt: skip
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
+    await s3.request("PUT", bucket, query={"policy": ""}, body=json.dumps(policy).encode(),
+                     expect=(200, 204))  # fmt: skip
+
+
+async def _parked(pipe: Pipeline, n: int) -> bool:
+    return await pipe.log.read(lambda c: stats.sink_stats(c, pipe.sink.name).parked) == n
+
+
 async def _retried(pipe: Pipeline, attempts: int) -> bool:
     rows = await pipe.log.read(lambda c: c.execute("SELECT max(attempts) FROM retries").fetchone())
     return bool(rows[0] and rows[0] >= attempts)
@@ -577,7 +644,6 @@ async def _put_policy(s3: S3, bucket: str, uid: str, read: bool) -> None:
 
 def _assert_metric(name: str, labels: dict[str, str], value: float) -> None:
     """relay/metrics.py carries the audit metrics once the lead has added them."""
-    from relay import metrics
 
     sample = metrics.REGISTRY.get_sample_value(name, labels)
     if hasattr(metrics, "AUDIT_SELF_EVENTS"):

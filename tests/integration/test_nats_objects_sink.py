@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import signal
 import sqlite3
 import time
 import uuid
@@ -26,10 +27,16 @@ from nats.js.object_store import ObjectStore
 from relay import sinks
 from relay.audit import verify
 from relay.config import load_sinks
+from relay.queue import stats
 from relay.queue.log import LogEntry
 from relay.sinks import auditlog
 from tests.support.pipeline import minio_event, pipeline
-from tests.support.servers import nats_server, require_server
+from tests.support.servers import (
+    PrivateServer,
+    nats_server,
+    nats_server_with_config,
+    require_server,
+)
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -110,21 +117,25 @@ async def test_batches_become_objects_named_and_digested_as_written(
 
 
 async def test_writing_a_batch_again_replaces_its_object(shared: NatsClient, bucket: str) -> None:
+    """The same batch through a second sink (a restarted relay, which no longer knows the
+    first wrote it): the same name, replaced, no second copy."""
     specs, _ = load_sinks(env(SHARED, bucket, PREFIX="trail/relay"), sinks.declared_options())
-    sink = sinks.create(specs[0])
+    first_sink, second_sink = sinks.create(specs[0]), sinks.create(specs[0])
     t0 = time.time()
     batch = [LogEntry(s, t0, minio_event("photos", f"k{s}", s)) for s in range(7, 12)]
     try:
         async with asyncio.timeout(30):
-            await sink.start()
-            assert await sink.send(batch) == [None] * 5
+            await first_sink.start()
+            assert await first_sink.send_batch(batch) == [None] * 5  # type: ignore[attr-defined]
             store = await shared.jetstream().object_store(bucket)
             first = await read_all(store)
-            assert await sink.send(batch) == [None] * 5
+            await second_sink.start()
+            assert await second_sink.send_batch(batch) == [None] * 5  # type: ignore[attr-defined]
             again = await read_all(store)
             state = (await shared.jetstream().stream_info(f"OBJ_{bucket}")).state
     finally:
-        await sink.close()
+        await first_sink.close()
+        await second_sink.close()
     assert again == first and len(first) == 1
     assert next(iter(first)).startswith("trail/relay/photos/")
     assert state.messages == 2  # one chunk and one meta: the first upload's chunk was purged
@@ -176,3 +187,98 @@ async def test_an_outage_of_the_server_keeps_events_waiting(tmp_path: Path) -> N
     seqs = sorted(json.loads(line)["seq"] for body, _ in found.values()
                   for line in body.splitlines())  # fmt: skip
     assert seqs == [e.seq for e in entries]  # every event, each once
+
+
+PERMISSIONS = """
+listen: 127.0.0.1:{port}
+jetstream {{ store_dir: "{store}" }}
+authorization {{
+  users = [ {{ user: "relay", password: "objects-pw", permissions: {{ publish: {{ {rules} }} }} }} ]
+}}
+"""
+
+
+def permissions(server: PrivateServer, deny: str = "") -> None:
+    """Write the server's configuration, publishes to `deny` refused, and have it reloaded."""
+    rules = 'allow: [">"]' + (f', deny: ["{deny}"]' if deny else "")
+    text = PERMISSIONS.format(port=server.port, store=server.workdir / "js", rules=rules)
+    (server.workdir / "server.conf").write_text(text)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+
+
+def reloads(server: PrivateServer) -> int:
+    return (server.workdir / "nats-server.log").read_text().count("Reloaded server configuration")
+
+
+async def test_one_object_refused_waits_while_the_others_are_written_once(tmp_path: Path) -> None:
+    """The layer's acceptance on the object store. The store cannot refuse one source
+    bucket: an object's chunks go to random subjects and its name is hashed into its meta
+    subject. So the server refuses the meta subject of exactly one object: the first
+    batch's `photos` object (its name follows from the batch). Its events fail while the
+    other buckets' objects are written; the photos objects' events wait (parked), the first
+    of each retried alone into that same object. Once the server takes it, every event is in
+    the store once, each object's lines in seq order, nothing written twice."""
+    store = f"relay-order-{uuid.uuid4().hex[:8]}"
+    everything = PERMISSIONS.replace("{rules}", 'allow: [">"]')
+    buckets = ("docs", "photos", "media")
+    events = [minio_event(buckets[n % 3], f"k{n % 4}", n) for n in range(1, 61)]
+    with nats_server_with_config(tmp_path, everything) as server:
+        url = f"nats://127.0.0.1:{server.port}"
+        creds = {"USERNAME": "relay", "PASSWORD": "objects-pw", "BATCH_SIZE": "20",
+                 "TIMEOUT": "1s"}  # fmt: skip
+        async with (
+            asyncio.timeout(90),
+            pipeline(tmp_path, env(url, store, **creds), start=False) as pipe,
+        ):
+            await pipe.append(events)
+            entries = await asyncio.to_thread(pipe.log.entries_after, 0, 100)
+            first = next(o for o in auditlog.batch_objects(entries[:20], "audit", "none")
+                         if o.bucket == "photos")  # fmt: skip
+            meta = base64.urlsafe_b64encode(first.name.encode()).decode()
+            reloaded = reloads(server)
+            permissions(server, deny=f"$O.{store}.M.{meta}")
+            await eventually(lambda: reloads(server) > reloaded, timeout=10)
+            running = asyncio.create_task(pipe.dispatcher.run())
+            reader = await nats.connect(url, user="relay", password="objects-pw")
+            try:
+                others = [e.seq for e in entries if e.event.bucket != "photos"]
+
+                async def others_written() -> dict[str, tuple[bytes, str]] | None:
+                    try:
+                        found = await read_all(await reader.jetstream().object_store(store))
+                    except NotFoundError:
+                        return None
+                    return found if set(others) <= set(seqs_in(found)) else None
+
+                while_refused = await eventually(others_written, timeout=30)
+                photos = sum(1 for e in entries if e.event.bucket == "photos")
+
+                async def photos_parked() -> bool:
+                    stats_ = await pipe.log.read(lambda c: stats.sink_stats(c, pipe.sink.name))
+                    return stats_.parked == photos
+
+                await eventually(photos_parked, timeout=30)
+                reloaded = reloads(server)
+                permissions(server)
+                await eventually(lambda: reloads(server) > reloaded, timeout=10)
+                await pipe.settled(timeout=30)
+                assert await pipe.dead_letters() == []
+                found = await read_all(await reader.jetstream().object_store(store))
+            finally:
+                pipe.dispatcher.stop()
+                await running
+                await reader.close()
+    assert first.name not in while_refused
+    assert first.name in found and sum("/photos/" in name for name in found) >= 2
+    assert seqs_in(found) == [e.seq for e in entries]  # every event, each once
+    for name, (body, _) in found.items():
+        got = [json.loads(line)["seq"] for line in body.splitlines()]
+        parsed = auditlog.parse_name(name)
+        assert parsed is not None and got == sorted(got)
+        assert (parsed.first_seq, parsed.last_seq) == (got[0], got[-1])
+
+
+def seqs_in(found: dict[str, tuple[bytes, str]]) -> list[int]:
+    return sorted(json.loads(line)["seq"] for body, _ in found.values()
+                  for line in body.splitlines())  # fmt: skip

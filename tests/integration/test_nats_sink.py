@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,12 +17,14 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from relay import sinks
+from relay import cli, metrics, sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
+from relay.queue import stats
+from relay.sinks import redact
 from relay.sinks.base import Retryable
 from tests.support.pipeline import minio_event, pipeline
 from tests.support.servers import (
@@ -253,6 +256,122 @@ async def test_jetstream_without_a_stream_for_the_subject_retries(
         assert await pipe.dead_letters() == []
 
 
+# -- per-object order when one subject refuses writes ---------------------------------------------
+
+PUT, DELETE = "s3:ObjectCreated:Put", "s3:ObjectRemoved:Delete"
+LIMIT = 50  # messages per subject in the order tests' stream
+
+
+async def make_limited_stream(nc: NatsClient, name: str, subjects: list[str]) -> None:
+    """A stream that refuses a subject's next message once it holds LIMIT (2.9+)."""
+    await nc.jetstream().add_stream(
+        StreamConfig(name=name, subjects=subjects, storage=StorageType.FILE,
+                     max_msgs_per_subject=LIMIT, discard=DiscardPolicy.NEW,
+                     discard_new_per_subject=True)
+    )  # fmt: skip
+
+
+async def fill(nc: NatsClient, subject: str) -> None:
+    for n in range(LIMIT):
+        await nc.publish(subject, b"filler", headers={"Filler": str(n)})
+    await nc.flush()
+
+
+def resends(sink: str) -> float:
+    return metrics.REGISTRY.get_sample_value("relay_resends_total", {"sink": sink}) or 0.0
+
+
+def last_copies(ids: list[str]) -> list[str]:
+    """Each id once, where its last copy is."""
+    last = {i: n for n, i in enumerate(ids)}
+    return sorted(last, key=last.__getitem__)
+
+
+async def test_the_stream_keeps_a_resent_events_first_copy(shared: NatsClient) -> None:
+    """Why the JetStream sink hands an object's next event over only after the PubAck of
+    the one before: pipelined on one connection, A (refused: its subject is full) and B (a
+    later event of the same object, on another subject) leave the stream holding B alone;
+    sent again in order, A is stored and B's copy is dropped as a duplicate, before A."""
+    stream = f"RELAY_TEST_{run_id()}"
+    prefix = f"relay-js.{stream}"
+    await make_limited_stream(shared, stream, [f"{prefix}.>"])
+    try:
+        await fill(shared, f"{prefix}.put")
+        replies = f"{shared.new_inbox()}"
+        sub = await shared.subscribe(f"{replies}.*")
+        for n, (subject, msg_id) in enumerate([("put", "A"), ("delete", "B")]):
+            await shared.publish(f"{prefix}.{subject}", msg_id.encode(), reply=f"{replies}.{n}",
+                                 headers={"Nats-Msg-Id": msg_id})  # fmt: skip
+        first = [json.loads((await sub.next_msg(timeout=5)).data) for _ in range(2)]
+        await shared.jetstream().purge_stream(stream, subject=f"{prefix}.put")
+        for n, (subject, msg_id) in enumerate([("put", "A"), ("delete", "B")], 2):
+            await shared.publish(f"{prefix}.{subject}", msg_id.encode(), reply=f"{replies}.{n}",
+                                 headers={"Nats-Msg-Id": msg_id})  # fmt: skip
+        again = [json.loads((await sub.next_msg(timeout=5)).data) for _ in range(2)]
+        stored = [m.headers["Nats-Msg-Id"] for m in await stream_messages(shared, stream)]  # type: ignore[index]
+    finally:
+        await drop_stream(shared, stream)
+    assert first[0]["error"]["description"] == "maximum messages per subject exceeded"
+    assert "error" not in first[1]
+    assert again[1].get("duplicate") is True and again[1]["seq"] < again[0]["seq"]
+    assert stored == ["B", "A"]
+
+
+async def test_one_subject_refusing_parks_its_objects_and_each_object_stays_in_order(
+    tmp_path: Path, shared: NatsClient
+) -> None:
+    """The layer's acceptance on JetStream: one batch of eight objects; the stream refuses
+    every Put of bucket `photos` (its subject is full) while Deletes and the bucket `docs`
+    are taken. The photos objects wait (parked) while docs goes through; once the subject
+    is purged they arrive, each object's events in order, none stored twice."""
+    stream = f"RELAY_ORDER_{run_id()}"
+    prefix = f"relay-order.{stream}"
+    await make_limited_stream(shared, stream, [f"{prefix}.>"])
+    blocked = f"{prefix}.photos.{PUT}"
+    objects = [(bucket, f"k{i}") for bucket in ("docs", "photos") for i in range(4)]
+    events = [minio_event(bucket, key, 10 * r + i, PUT if r % 2 == 0 else DELETE)
+              for r in range(6) for i, (bucket, key) in enumerate(objects)]  # fmt: skip
+    config = env(SHARED, prefix + ".{bucket}.{event}", JETSTREAM_ENABLE="on", BATCH_SIZE="100",
+                 TIMEOUT="2s")  # fmt: skip
+    try:
+        await fill(shared, blocked)
+        async with asyncio.timeout(60), pipeline(tmp_path, config) as pipe:
+            before = resends(pipe.sink.name)
+            await pipe.append(events)
+
+            async def docs_stored() -> list[str] | None:
+                ids = [m.headers["Nats-Msg-Id"] for m in await stream_messages(shared, stream)
+                       if m.headers and "Nats-Msg-Id" in m.headers]  # fmt: skip
+                return ids if len(ids) >= 24 else None
+
+            while_blocked = await eventually(docs_stored, timeout=20)
+
+            async def photos_parked() -> int:
+                return await pipe.log.read(lambda c: stats.sink_stats(c, pipe.sink.name).parked)
+
+            parked = await eventually(photos_parked, timeout=10)
+            errors = await pipe.log.read(
+                lambda c: [r[0] for r in c.execute("SELECT last_error FROM retries")]
+            )
+            await shared.jetstream().purge_stream(stream, subject=blocked)
+            await pipe.settled(timeout=30)
+            assert await pipe.dead_letters() == []
+            resent = resends(pipe.sink.name) - before
+        stored = [m.headers["Nats-Msg-Id"] for m in await stream_messages(shared, stream)]  # type: ignore[index]
+    finally:
+        await drop_stream(shared, stream)
+    docs = {e.event_id for e in events if e.bucket == "docs"}
+    assert set(while_blocked) == docs  # docs went through while photos waited
+    assert parked == 24
+    assert errors and all("maximum messages per subject exceeded" in e for e in errors)
+    assert set(stored) == {e.event_id for e in events}
+    for bucket, key in objects:
+        mine = [e.event_id for e in events if (e.bucket, e.key) == (bucket, key)]
+        assert [i for i in last_copies(stored) if i in set(mine)] == mine, (bucket, key)
+    twice = len(stored) - len(set(stored))
+    assert resent == twice == 0
+
+
 # -- private servers: outages, auth, permissions -------------------------------------------------
 
 
@@ -325,6 +444,51 @@ async def test_server_down_at_start_then_delivers_without_restart(tmp_path: Path
                 await admin.close()
 
 
+async def test_core_restart_mid_stream_keeps_each_objects_order_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The layer's acceptance on core NATS, where no one object can fail: a publish the
+    server refuses (permissions) is dropped and dead-lettered at once, and whatever else
+    fails is the connection, every object at once. So the server is restarted while events
+    keep coming, in batches of ten over ten objects. What it received is read from a
+    stream that captures the subjects (it drops the copies of a batch sent again by
+    Nats-Msg-Id). The restart is a clean one (SIGTERM): core NATS confirms a batch when
+    the server has read it, not stored it, so a SIGKILL may lose what was confirmed."""
+    with nats_server(tmp_path) as server:
+        url = f"nats://127.0.0.1:{server.port}"
+        stream = f"RELAY_CORE_{run_id()}"
+        admin = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        try:
+            await make_stream(admin, stream, [f"{stream}.>"])
+            config = env(url, stream + ".{bucket}", BATCH_SIZE="10")
+            events = [minio_event("photos" if n % 2 else "docs", f"k{n % 5}", n) for n in range(60)]
+            async with asyncio.timeout(60), pipeline(tmp_path, config) as pipe:
+                before = resends(pipe.sink.name)
+                await pipe.append(events[:20])
+                await pipe.settled()
+                appending = asyncio.create_task(_trickle(pipe, events[20:40]))
+                await asyncio.to_thread(server.stop, signal.SIGTERM)
+                await appending
+                await pipe.append(events[40:])
+                await eventually(lambda: pipe.dispatcher.up is False, timeout=10)
+                await asyncio.to_thread(server.start)
+                await pipe.settled(timeout=30)
+                assert await pipe.dead_letters() == []
+                resent = resends(pipe.sink.name) - before
+                stored: list[Msg] = await eventually(
+                    lambda: _all_stored(admin, stream, 60),  # type: ignore[arg-type, return-value]
+                    timeout=10,
+                )
+        finally:
+            await admin.close()
+    ids = [m.headers["Nats-Msg-Id"] for m in stored]  # type: ignore[index]
+    assert len(ids) == len(set(ids)) == 60
+    for obj in {(e.bucket, e.key) for e in events}:
+        mine = [e.event_id for e in events if (e.bucket, e.key) == obj]
+        assert [i for i in ids if i in set(mine)] == mine, obj
+    assert resent == 0  # a batch not confirmed is sent again whole: a retry, not a resend
+
+
 async def test_hung_server_times_out_then_recovers_without_duplicates(tmp_path: Path) -> None:
     with nats_server(tmp_path) as server:
         url = f"nats://127.0.0.1:{server.port}"
@@ -359,7 +523,7 @@ async def test_core_client_closed_underneath_is_rebuilt(tmp_path: Path) -> None:
             await pipe.append([minio_event("b", "k1", 1)])
             await sub.next_msg(timeout=10)
             await pipe.settled()  # else the close fails the flush and k1 is (rightly) resent
-            await pipe.sink.nc.close()  # type: ignore[attr-defined]  # as after a lost cluster
+            await pipe.sink.link.connection.client.close()  # type: ignore[attr-defined]  # as after a lost cluster
             await pipe.append([minio_event("b", "k2", 2)])
             second = await sub.next_msg(timeout=10)
             await pipe.settled()
@@ -401,15 +565,29 @@ async def test_password_auth_and_denied_subject_is_a_dead_letter(tmp_path: Path)
         assert len(dead) == 1 and "permission denied" in dead[0][1]
 
         wrong = env(url, "allowed.x", USERNAME="relay", PASSWORD="not-it")
+        shown = redact.for_spec(load_sinks(wrong, sinks.declared_options())[0][0])
         messages: list[str] = []
         for _ in range(5):  # the server's -ERR can lose the race with its connection reset
             with pytest.raises(Retryable) as caught:
                 await _started(wrong)
-            messages.append(str(caught.value))
+            messages.append(shown(str(caught.value)))  # as the dispatcher logs and stores it
             if "refused the credentials" in messages[-1]:
                 break
         assert "refused the credentials" in messages[-1], messages
         assert not any("not-it" in m for m in messages)
+
+
+def test_relay_check_shows_no_password_of_the_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_server(4222, "NATS (nats-server -js)", START_SHARED)
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path))
+    for key, value in env("nats://relay:url-pa55word@127.0.0.1:4222", "checked").items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "address = nats://***@127.0.0.1:4222" in out and "reachable: yes" in out, out
+    assert "url-pa55word" not in out
 
 
 @pytest.fixture

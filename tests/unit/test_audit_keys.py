@@ -16,12 +16,16 @@ from pathlib import Path
 import obstore.exceptions as obx
 import pytest
 
+from relay import sinks
 from relay.audit import Report, verify
-from relay.config import ConfigError, load_sinks
+from relay.config import COMMON_OPTIONS, ConfigError, load_sinks, options_of
 from relay.queue.log import Log, LogEntry, Settlement
-from relay.sinks import audit_bucket, auditlog, nats_objects
+from relay.sinks import audit_bucket, auditlog
 from relay.sinks.auditlog import AuditObject, AuditWriter, batch_objects, parse_name
 from relay.sinks.base import Permanent, Retryable
+from relay.sinks.nats import messages as nats_messages
+from relay.sinks.nats import objects as nats_objects
+from relay.sinks.nats.connection import NatsConfig
 from tests.support.pipeline import minio_event
 
 T0 = 1_780_000_000.25  # 2026-05-28T20:26:40.25Z
@@ -109,56 +113,96 @@ def test_gzip_is_deterministic() -> None:
     assert first.content_type == "application/gzip"
 
 
-def test_a_remembered_cut_rebuilds_the_failed_object() -> None:
-    batch = entries("photos", [1, 2, 3, 5, 8])
-    objs = batch_objects(batch, "audit", "none", cuts={("photos", 1): 3})
-    assert [(o.first_seq, o.last_seq) for o in objs] == [(1, 3), (5, 8)]
-    assert objs[0].body == batch_objects(batch[:3], "audit", "none")[0].body
+class Trail:
+    """A `put` for AuditWriter: the objects written, by name; buckets in `failing` refuse."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts: list[str] = []
+        self.failing: dict[str, Exception] = {}
+
+    async def put(self, obj: AuditObject) -> None:
+        self.puts.append(obj.name)
+        if obj.bucket in self.failing:
+            raise self.failing[obj.bucket]
+        self.objects[obj.name] = obj.body
+
+    def seqs(self) -> list[int]:
+        bodies = [gzip.decompress(b) if b[:2] == b"\x1f\x8b" else b for b in self.objects.values()]
+        return sorted(json.loads(x)["seq"] for body in bodies for x in body.splitlines())
 
 
-async def test_writer_results_per_object_and_retry_writes_the_same_object() -> None:
-    written: dict[str, bytes] = {}
-    failing = {"photos"}
+def kinds(results: Sequence[object]) -> list[str | None]:
+    return [type(r).__name__ if r else None for r in results]
 
-    async def put(obj: AuditObject) -> None:
-        if obj.bucket in failing:
-            raise Retryable("503 SlowDown")
-        written[obj.name] = obj.body
 
+async def test_writer_results_per_object_written_side_by_side() -> None:
+    trail = Trail()
+    trail.failing["photos"] = Retryable("503 SlowDown")
     writer = AuditWriter("audit_bucket:t", "audit", "none", 4, None)
     batch = [*entries("photos", [1, 2]), *entries("docs", [3]), *entries("photos", [4])]
-    results = await writer.send(batch, put)
-    assert [type(r).__name__ if r else None for r in results] == [
-        "Retryable", "Retryable", None, "Retryable",
-    ]  # fmt: skip
-    assert list(written) == ["audit/docs/2026/05/28/20-26-40-3-3.ndjson"]
-    assert writer.cuts == {("photos", 1): 4}
-    # the retry brings more events of the bucket: the failed object is written as it was
-    failing.clear()
-    retry = [*entries("photos", [1, 2, 4]), *entries("photos", [6, 7])]
-    assert await writer.send(retry, put) == [None] * 5
-    names = sorted(written)
-    assert names[1:] == [
-        "audit/photos/2026/05/28/20-26-40-1-4.ndjson",
-        "audit/photos/2026/05/28/20-26-40-6-7.ndjson",
-    ]
-    assert writer.cuts == {}
+    results = await writer.send(batch, trail.put)
+    assert kinds(results) == ["Retryable", "Retryable", None, "Retryable"]
+    assert list(trail.objects) == ["audit/docs/2026/05/28/20-26-40-3-3.ndjson"]
+    assert sorted(trail.puts) == ["audit/docs/2026/05/28/20-26-40-3-3.ndjson",
+                                  "audit/photos/2026/05/28/20-26-40-1-4.ndjson"]  # fmt: skip
 
 
-async def test_writer_stops_a_bucket_at_its_first_failed_object() -> None:
-    attempted: list[str] = []
+async def test_a_failed_object_is_written_again_as_it_was_whichever_of_its_events_return() -> None:
+    """Delivery retries a failed object's events per object, on their own schedules: the
+    first of them to come back brings the whole object back, same name, same bytes (an
+    upload reported failed may have been stored: it overwrites itself); the others are then
+    in the trail and are not written again."""
+    trail = Trail()
+    trail.failing["photos"] = Retryable("503 SlowDown")
+    writer = AuditWriter("audit_bucket:t", "audit", "gzip", 4, None)
+    first = entries("photos", [1, 2, 4])
+    await writer.send(first, trail.put)
+    failed = batch_objects(first, "audit", "gzip")[0]
+    trail.failing.clear()
+    # event 2 comes back, with new events of the bucket
+    results = await writer.send([first[1], *entries("photos", [6, 7])], trail.put)
+    assert results == [None, None, None]
+    assert trail.objects[failed.name] == failed.body  # the failed object, as it was
+    assert sorted(trail.objects) == [failed.name, "audit/photos/2026/05/28/20-26-40-6-7.ndjson.gz"]
+    puts = len(trail.puts)
+    assert await writer.send([first[0], first[2]], trail.put) == [None, None]
+    assert len(trail.puts) == puts  # 1 and 4 are in the trail already
+    assert trail.seqs() == [1, 2, 4, 6, 7]
 
-    async def put(obj: AuditObject) -> None:
-        attempted.append(obj.name)
-        if obj.first_seq == 1:
-            raise Permanent("400 InvalidArgument")
 
+async def test_an_event_handed_over_again_after_its_object_was_stored_is_not_written() -> None:
+    """A resend (a later event acknowledged before an earlier failure of its object) or a
+    held cursor's re-read: the trail has the event already, under its object's name."""
+    trail = Trail()
     writer = AuditWriter("audit_bucket:t", "audit", "none", 4, None)
-    writer.cuts[("photos", 1)] = 2
-    results = await writer.send(entries("photos", [1, 2, 3]), put)
-    assert len(attempted) == 1
-    assert isinstance(results[0], Permanent) and isinstance(results[2], Retryable)
-    assert "earlier object" in str(results[2])
+    assert await writer.send(entries("photos", [1, 2, 3]), trail.put) == [None] * 3
+    again = [*entries("photos", [2, 3]), *entries("photos", [5])]
+    assert await writer.send(again, trail.put) == [None] * 3
+    assert sorted(trail.objects) == ["audit/photos/2026/05/28/20-26-40-1-3.ndjson",
+                                     "audit/photos/2026/05/28/20-26-40-5-5.ndjson"]  # fmt: skip
+    assert trail.seqs() == [1, 2, 3, 5]
+
+
+async def test_a_permanent_failure_is_forgotten_so_a_retry_makes_a_new_object() -> None:
+    trail = Trail()
+    trail.failing["photos"] = Permanent("400 InvalidArgument")
+    writer = AuditWriter("audit_bucket:t", "audit", "none", 4, None)
+    results = await writer.send(entries("photos", [1, 2, 3]), trail.put)
+    assert kinds(results) == ["Permanent"] * 3 and writer.placed == {}
+    trail.failing.clear()
+    assert await writer.send(entries("photos", [2, 3]), trail.put) == [None, None]  # dlq retry
+    assert list(trail.objects) == ["audit/photos/2026/05/28/20-26-40-2-3.ndjson"]
+
+
+async def test_the_writer_remembers_a_bounded_number_of_events() -> None:
+    trail = Trail()
+    writer = AuditWriter("audit_bucket:t", "audit", "none", 4, None, remember=3)
+    await writer.send(entries("photos", [1, 2, 3, 4, 5]), trail.put)
+    assert list(writer.placed) == [3, 4, 5]
+    env = {"RUSTFS_NOTIFY_AUDIT_BUCKET_ENABLE_T": "on", "RUSTFS_NOTIFY_AUDIT_BUCKET_BUCKET_T": "b",
+           "RUSTFS_NOTIFY_AUDIT_BUCKET_MAX_PARKED_T": "100"}  # fmt: skip
+    assert auditlog.remembered(spec(env).typed(auditlog.AuditConfig)) == 2 * (100 + 10_000)
 
 
 async def test_dropped_events_are_delivered_unwritten_and_counted() -> None:
@@ -174,7 +218,7 @@ async def test_dropped_events_are_delivered_unwritten_and_counted() -> None:
 
 # -- configuration -----------------------------------------------------------------------------
 
-TYPES = {"audit_bucket": audit_bucket.OPTIONS, "nats_objects": nats_objects.OPTIONS}
+TYPES = {"audit_bucket": sinks.options(audit_bucket), "nats_objects": sinks.options(nats_objects)}
 
 
 def spec(env: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -268,9 +312,17 @@ def test_nats_objects_takes_the_nats_sinks_connection_keys() -> None:
     s = spec(env)
     assert (s.name, s["batch_wait"], s["tls_ca"]) == ("nats_objects:a", 2.0, "")
     sink = nats_objects.create(s)
-    assert sink.servers == ("nats://127.0.0.1:4222",) and sink.prefix == "audit"
+    assert sink.link.servers == ("nats://127.0.0.1:4222",) and sink.prefix == "audit"
     with pytest.raises(ConfigError, match="BUCKET_A"):
         nats_objects.create(spec({**env, "MINIO_NOTIFY_NATS_OBJECTS_BUCKET_A": "a.b"}))
+
+
+def test_both_nats_sinks_declare_the_connection_keys_alike() -> None:
+    connection = [o for o in options_of(NatsConfig) if o not in COMMON_OPTIONS]
+    assert [o.key for o in connection][:2] == ["address", "username"]
+    for module in (nats_messages, nats_objects):
+        declared = {o.key: o for o in sinks.options(module)}
+        assert [declared.get(o.key) for o in connection] == connection, module.__name__
 
 
 # -- relay audit verify, over a real log and a trail held in memory ----------------------------

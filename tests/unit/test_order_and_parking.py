@@ -321,3 +321,54 @@ async def test_an_event_the_store_sent_out_of_order_is_flagged(log: Log) -> None
 
 async def test_not_sent_is_no_attempt_of_its_own(log: Log) -> None:
     assert isinstance(NotSent(), Retryable)
+
+
+# -- waves: one event per object in each call ----------------------------------------------------
+
+
+class WaveDouble(BatchDouble):
+    """A batch sink whose target cannot take a resend (`one_per_object`); records each call."""
+
+    one_per_object = True
+
+    def __init__(self) -> None:
+        super().__init__("double:waves")
+        self.calls: list[list[int]] = []
+
+    async def send_batch(self, batch: Sequence[LogEntry]) -> list[Result]:
+        self.calls.append([e.seq for e in batch])
+        return await super().send_batch(batch)
+
+
+async def test_waves_hand_over_an_objects_next_event_only_after_the_one_before() -> None:
+    from relay.delivery.lanes import send_in_waves
+
+    sink = WaveDouble()
+    batch = [entry(1, "a"), entry(2, "b"), entry(3, "a"), entry(4, "c"), entry(5, "a"),
+             entry(6, "c")]  # fmt: skip
+    sink.verdict = lambda e: Retryable("no PubAck") if e.seq == 3 else None
+    results = await send_in_waves(batch, sink.send_batch)
+    assert sink.calls == [[1, 2, 4], [3, 6]]  # 5 waits for 3, which failed: not sent
+    assert [type(r).__name__ if r else None for r in results] == [
+        None, None, "Retryable", None, "NotSent", None,
+    ]  # fmt: skip
+
+
+async def test_a_one_per_object_sink_is_never_resent_to(log: Log) -> None:
+    sink = WaveDouble()
+    failed_once: set[int] = set()
+
+    def verdict(e: LogEntry) -> Result:
+        if e.event.key == "obj" and num(e) == 1 and e.seq not in failed_once:
+            failed_once.add(e.seq)
+            return Retryable("no PubAck")
+        return None
+
+    sink.verdict = verdict
+    before = resends(sink.name)
+    d, task = await start(log, sink)
+    await log.append([event("obj", 1), event("other", 2), event("obj", 3), event("obj", 4)])
+    await eventually(lambda: len(sink.received) >= 4)
+    await finish(d, task)
+    assert [num(e) for e in sink.received if e.event.key == "obj"] == [1, 3, 4]  # once each
+    assert resends(sink.name) == before
