@@ -6,8 +6,9 @@ head; it sends every event past that position that passes the filters (`bucket`,
 `event` with the rules' wildcards), then waits for the next commit that appends events. So
 a client that reconnects with the last id it saw misses nothing the log still holds.
 
-Events retention pruned before the client saw them (a hole in the seqs past its position)
-are announced by a `relay:MissedEvents` event in their place, never skipped in silence.
+Events retention pruned before the client saw them (a hole in the seqs past its position,
+at or below what the log pruned) are announced by a `relay:MissedEvents` event in their
+place, never skipped in silence.
 
 Bounded: the log is read a page at a time, and the next page only once the previous one was
 written to the socket. A client that takes no data for WRITE_TIMEOUT seconds is cut off
@@ -32,7 +33,7 @@ from aiohttp import web
 from relay.config import ConfigError
 from relay.delivery import missed as missed_events
 from relay.events import Event
-from relay.queue.log import Log, LogEntry, Missed, entry_from_row
+from relay.queue.log import Log, LogEntry, entry_from_row
 from relay.queue.queries import Q
 from relay.rules import compile_event_patterns
 
@@ -200,10 +201,8 @@ async def stream(request: web.Request, hub: Hub) -> web.StreamResponse:
             if rows:
                 parts = []
                 for row in rows:
-                    if row.seq > after + 1:
-                        # seqs are never reused: a hole is events retention pruned before
-                        # this client saw them, said rather than skipped
-                        gap = Missed(after + 1, row.seq - 1, None, None, None, "pruned")
+                    gap = hub.log.pruned_between(after, row.seq)
+                    if gap is not None:  # retention pruned them before this client saw them
                         parts.append(sse_event(missed_events.entry("live-tail", gap)))
                     if flt.matches(row.event):
                         parts.append(sse_event(row))

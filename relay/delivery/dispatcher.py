@@ -277,11 +277,10 @@ class Dispatcher:
             rows = await asyncio.to_thread(self.log.entries_after, self.cursor, room)
             if not rows:
                 return work if work.entries or work.held else None
-            if rows[0].seq > self.cursor + 1:
-                # Seqs are never reused and only deletes make holes: events right past the
-                # cursor that are gone were pruned (or lost to a repair) before the sink had
-                # them. Owed a marker, sent before what follows them.
-                gap = Missed(self.cursor + 1, rows[0].seq - 1, None, None, None, "pruned")
+            gap = self.log.pruned_between(self.cursor, rows[0].seq)
+            if gap is not None:
+                # events right past the cursor that retention pruned before the sink had
+                # them: owed a marker, sent before what follows them
                 self._pruned_gap = gap
                 return work if work.entries or work.held else _Work()
             self._select(rows, room, work)

@@ -39,6 +39,23 @@ async def send_in_lanes(
     concurrency: int,
 ) -> list[Result]:
     results: list[Result] = [None] * len(batch)
+    if concurrency == 1:
+        # One at a time, in the log's order across objects too; an object stops at its
+        # first failure, the others go on.
+        failed: set[tuple[str, str]] = set()
+        for index, entry in enumerate(batch):
+            if lane(entry.event) in failed:
+                results[index] = NotSent()
+                continue
+            try:
+                await deliver(entry)
+            except DeliveryError as exc:
+                results[index] = exc
+            except Exception as exc:  # a bug or an unclassified client error
+                results[index] = Retryable(describe(exc))
+            if results[index] is not None:
+                failed.add(lane(entry.event))
+        return results
     gate = asyncio.Semaphore(concurrency)
 
     async def run(indexes: list[int]) -> None:

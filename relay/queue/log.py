@@ -223,6 +223,8 @@ class Log:
         self._cursors: dict[str, int] = {}  # the writer's view of each sink's cursor
         self._oldest: dict[str, float | None] = {}  # measured once per maintenance tick
         self.blocked_by: tuple[str, ...] = ()  # sinks that hold ingest (pressure)
+        # every event up to this seq that nothing pinned is gone (see queries.sql log_state)
+        self.pruned_upto = 0
         self.pressure_detail = ""  # the operator's version of `pressure`
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -257,6 +259,7 @@ class Log:
                 self.events = conn.execute(Q["log_counts"]).fetchone()[0]
                 self._last_seq = conn.execute(Q["max_seq"]).fetchone()[0]
                 self._cursors = {sink: seq for sink, seq, _ in conn.execute(Q["list_cursors"])}
+                self.pruned_upto = conn.execute(Q["get_pruned_upto"]).fetchone()[0]
                 self._measure(conn)
                 self.open_seconds = time.monotonic() - started
             finally:
@@ -443,9 +446,13 @@ class Log:
         rows = self.reader().execute(Q["entries_between"], {"after": after, "upto": upto})
         return [entry_from_row(r) for r in rows]
 
-    def first_seq_after(self, seq: int) -> int | None:
-        row = self.reader().execute(Q["first_seq_after"], {"seq": seq}).fetchone()
-        return row[0] if row else None
+    def pruned_between(self, after: int, before: int) -> Missed | None:
+        """The events of seqs after..before (exclusive) that retention pruned, as a range a
+        marker can announce; None when the hole is only seqs duplicates used up."""
+        upto = min(before - 1, self.pruned_upto)
+        if upto <= after:
+            return None
+        return Missed(after + 1, upto, None, None, None, "pruned")
 
     def first_seq_received(self, after: int, since: float) -> int | None:
         """The first event past seq `after` received at `since` or later."""
@@ -789,7 +796,9 @@ class Log:
             try:
                 bounds = {"low": low, "high": high, "sinks": sinks}
                 deleted += conn.execute(Q["prune_range"], bounds).rowcount
+                conn.execute(Q["set_pruned_upto"], {"seq": high})
                 conn.execute("COMMIT")
+                self.pruned_upto = max(self.pruned_upto, high)
             except sqlite3.Error:
                 _rollback(conn)
                 raise

@@ -50,6 +50,7 @@ def _missed_events(db: Database) -> None:
 @MIGRATIONS(name="0005_sink_life_cycle")
 def _sink_life_cycle(db: Database) -> None:
     db.execute(Q["add_cursor_orphaned_at"])
+    db.execute(Q["create_log_state"])
 
 
 def migrate(path: Path) -> None:

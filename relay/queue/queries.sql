@@ -278,9 +278,6 @@ SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, siz
        sender_event_id, attrs, record
 FROM events WHERE seq > :after AND seq <= :upto ORDER BY seq;
 
--- name: first_seq_after
-SELECT min(seq) FROM events WHERE seq > :seq;
-
 -- name: first_seq_received
 -- Past a sink's cursor, the first event young enough for its MAX_BACKLOG_AGE (read from the
 -- cursor on: only what is shed is scanned).
@@ -292,6 +289,20 @@ SELECT seq FROM events WHERE seq > :after AND received_at >= :since ORDER BY seq
 
 -- name: add_cursor_orphaned_at
 ALTER TABLE cursors ADD COLUMN orphaned_at REAL;
+
+-- name: create_log_state
+-- Facts about the log as a whole. `pruned_upto`: retention has deleted every event up to
+-- this seq that nothing pinned. Seqs have holes of two kinds, events pruned and seqs a
+-- duplicate used up (an ignored insert still takes its AUTOINCREMENT number); only a hole
+-- at or below pruned_upto is events someone may have missed.
+CREATE TABLE IF NOT EXISTS log_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+
+-- name: get_pruned_upto
+SELECT coalesce((SELECT value FROM log_state WHERE key = 'pruned_upto'), 0);
+
+-- name: set_pruned_upto
+INSERT INTO log_state (key, value) VALUES ('pruned_upto', :seq)
+ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value);
 
 -- name: cursor_rows
 SELECT sink, seq, orphaned_at FROM cursors ORDER BY sink;

@@ -372,3 +372,18 @@ async def test_a_one_per_object_sink_is_never_resent_to(log: Log) -> None:
     await finish(d, task)
     assert [num(e) for e in sink.received if e.event.key == "obj"] == [1, 3, 4]  # once each
     assert resends(sink.name) == before
+
+
+async def test_a_seq_a_duplicate_used_up_is_no_missed_event(log: Log) -> None:
+    """An ignored insert still takes its AUTOINCREMENT number: the hole it leaves is no
+    pruned range, and no relay:MissedEvents marker is sent for it."""
+    sink = BatchDouble()
+    d, task = await start(log, sink)
+    first = event("a", 1)
+    await log.append([first])
+    await log.append([first])  # a sender's retry: a duplicate, and a hole in the seqs
+    await log.append([event("b", 2)])
+    await eventually(lambda: len(sink.received) == 2)
+    await finish(d, task)
+    assert [e.event.key for e in sink.received] == ["a", "b"]
+    assert sink.received[1].seq > sink.received[0].seq + 1  # the hole is there
