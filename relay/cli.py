@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -13,10 +14,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relay import __version__, app, audit, logs, progress, sinks, tail
-from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option
+from relay import __version__, datadir, logs, progress, sinks
+from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, load_settings
 from relay.events import Unparseable, parse_body
 from relay.queue import admin, fsck, stats
 from relay.rules import (
@@ -28,21 +29,32 @@ from relay.rules import (
 )
 from relay.sinks import redact
 
+if TYPE_CHECKING:
+    from relay.app import Config
+
+# relay.app (the server, the admin API, the delivery loop) and the modules that import it
+# are imported by the commands that use them: `relay serve` locks its data directory first.
+
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG, EXIT_DAMAGED = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
-        parser.print_help()
-        return EXIT_CONFIG
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.run(args) or 0)
+        with contextlib.ExitStack() as stack:
+            early = _data_dir_lock(argv)
+            if early is not None:
+                stack.enter_context(early.held())
+            parser = _parser()
+            args = parser.parse_args(argv)
+            if not hasattr(args, "run"):
+                parser.print_help()
+                return EXIT_CONFIG
+            return int(args.run(args) or 0)
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except admin.AdminError as exc:
+    except (admin.AdminError, datadir.DataDirInUse) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return EXIT_UNHEALTHY
     except fsck.LogDamaged as exc:
@@ -50,7 +62,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_DAMAGED
 
 
+def _data_dir_lock(argv: Sequence[str]) -> datadir.DataDirLock | None:
+    """`relay serve` locks an existing data directory before the rest of the relay is
+    imported (a second or more on a busy machine), so a second relay on it is turned away
+    at once; the relay then shares this lock. None for other commands, for a directory
+    not made yet (nobody holds it; the relay locks it once its configuration is known to
+    be valid, which touches nothing otherwise) and for a configuration the command itself
+    will report."""
+    if list(argv[:1]) != ["serve"]:
+        return None
+    try:
+        data_dir = Path(load_settings(os.environ).data_dir)
+    except ConfigError:
+        return None
+    return datadir.DataDirLock(data_dir) if data_dir.is_dir() else None
+
+
 def _parser() -> argparse.ArgumentParser:
+    from relay import audit
+
     p = argparse.ArgumentParser(prog="relay", description="s3-notify-relay")
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(metavar="command")
@@ -161,11 +191,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config() -> app.Config:
+def _config() -> Config:
+    from relay import app
+
     return app.load_config(os.environ)
 
 
-def _db(config: app.Config) -> Path:
+def _db(config: Config) -> Path:
+    from relay import app
+
     return Path(config.settings.data_dir) / app.DB_NAME
 
 
@@ -173,6 +207,8 @@ def _db(config: app.Config) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from relay import app
+
     config = _config()
     logs.setup(config.settings.log_format, config.settings.log_level)
     try:
@@ -187,6 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from relay import app
+
     config = _config()
     if args.print_ddl:
         for spec in config.specs:
@@ -240,7 +278,7 @@ def _show(value: Any) -> str:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     config = _config()  # the new rules are checked here too: a bad file is reported now
-    pidfile = Path(config.settings.data_dir) / app.PID_NAME
+    pidfile = Path(config.settings.data_dir) / datadir.PID_NAME
     try:
         pid = int(pidfile.read_text().strip())
         os.kill(pid, signal.SIGHUP)
@@ -316,6 +354,14 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     path = _db(config)
     if not path.exists():
         raise admin.AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")
+    if not args.repair:
+        return _fsck(config, path, repair=False)
+    # a repair swaps the log file: no relay may have it open, nor start meanwhile
+    with datadir.DataDirLock(config.settings.data_dir).held():
+        return _fsck(config, path, repair=True)
+
+
+def _fsck(config: Config, path: Path, repair: bool) -> int:
     problems = fsck.check(path)
     if not problems:
         print(f"{path}: ok")
@@ -323,7 +369,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     print(f"{path}: damaged")
     for problem in problems[:20]:
         print(f"  {problem}")
-    if not args.repair:
+    if not repair:
         print("run `relay fsck --repair` to copy every readable row into a new log")
         return EXIT_DAMAGED
     sinks = [s.name for s in config.specs]
@@ -431,6 +477,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from relay import tail
+
     config = _config()
     token = args.token or next(iter(config.settings.admin_tokens), "")
     if not token:
