@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import metrics, tail
+from relay import ingest, metrics, tail
 from relay.config import ConfigError, Settings
 from relay.delivery.dispatcher import Dispatcher
 from relay.queue import admin, stats
@@ -453,6 +453,7 @@ async def quarantine_retry(request: web.Request) -> web.Response:
     """Each body is parsed again on a reader thread; the events of one that now parses go
     into the log through the writer, as ingest's do, and then it leaves quarantine."""
     a = request.app[ADMIN_KEY]
+    select = request.app[ingest.FILTER_KEY]  # RELAY_INGEST_EVENTS, as ingest applies it
     qid, _ = _selection(await _body(request), "quarantined bodies", sinks=False)
     results = []
     for item in await a.read(lambda conn: admin.quarantine_ids(conn, qid)):
@@ -460,9 +461,10 @@ async def quarantine_retry(request: web.Request) -> web.Response:
         if isinstance(parsed, admin.QuarantineRetry):
             results.append(parsed)
             continue
-        appended = await a.log.append(parsed)
+        events, left_out = select.split(parsed) if select else (parsed, 0)
+        accepted = (await a.log.append(events)).accepted if events else 0
         await a.log.write(functools.partial(admin.drop_quarantined_tx, qid=item))
-        results.append(admin.QuarantineRetry(item, True, f"{appended.accepted} event(s) accepted"))
+        results.append(admin.QuarantineRetry(item, True, admin.ingested(accepted, left_out)))
     return _json({"results": [dataclasses.asdict(r) for r in results]})
 
 

@@ -449,8 +449,12 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
 def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     if args.id is None and not args.all:
         raise admin.AdminError("name a quarantined body id, or --all")
-    with admin.connect(_db(_config())) as conn:
-        results = admin.retry_quarantine(conn, args.id)
+    from relay import ingest
+
+    config = _config()
+    select = ingest.ingest_filter(config.settings)
+    with admin.connect(_db(config)) as conn:
+        results = admin.retry_quarantine(conn, args.id, select.split if select else None)
     for r in results:
         print(f"{r.id:>6}  {'ingested' if r.ok else 'kept'}: {r.detail}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_UNHEALTHY

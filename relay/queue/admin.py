@@ -243,19 +243,34 @@ def drop_quarantined_tx(conn: sqlite3.Connection, qid: int) -> None:
     conn.execute(Q["delete_quarantine"], (qid,))
 
 
-def retry_quarantine(conn: sqlite3.Connection, qid: int | None) -> list[QuarantineRetry]:
+# RELAY_INGEST_EVENTS (relay/ingest.py IngestFilter.split): the events to store, and how
+# many were left out
+Select = Callable[[list[Event]], tuple[list[Event], int]]
+
+
+def retry_quarantine(
+    conn: sqlite3.Connection, qid: int | None, select: Select | None = None
+) -> list[QuarantineRetry]:
     """Parse quarantined bodies again (after a fix to the relay or a config change); those
-    that now parse become events and leave quarantine."""
+    that now parse become events (those `select` keeps, as ingest would) and leave
+    quarantine."""
     results = []
     for item in quarantine_ids(conn, qid):
         parsed = reparse_quarantined(conn, item)
         if isinstance(parsed, QuarantineRetry):
             results.append(parsed)
             continue
+        events, left_out = select(parsed) if select else (parsed, 0)
         with transaction(conn):
-            accepted = ingest_reparsed_tx(conn, item, parsed)
-        results.append(QuarantineRetry(item, True, f"{accepted} event(s) accepted"))
+            accepted = ingest_reparsed_tx(conn, item, events)
+        results.append(QuarantineRetry(item, True, ingested(accepted, left_out)))
     return results
+
+
+def ingested(accepted: int, left_out: int) -> str:
+    """What a quarantine retry did with a body that now parses."""
+    outside = f", {left_out} outside RELAY_INGEST_EVENTS not stored" if left_out else ""
+    return f"{accepted} event(s) accepted{outside}"
 
 
 # -- replay -------------------------------------------------------------------------------------
