@@ -114,18 +114,30 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(metavar="action")
-    d = dlq.add_parser("list")
-    d.add_argument("--sink")
+    d = dlq.add_parser("list", help="dead letters with their last error and state")
+    _dead_letter_filters(d)
     d.add_argument("--limit", type=int, default=100)
     d.set_defaults(run=cmd_dlq_list)
     d = dlq.add_parser("show")
     d.add_argument("id", type=int)
     d.set_defaults(run=cmd_dlq_show)
-    for name, fn in (("retry", cmd_dlq_retry), ("purge", cmd_dlq_purge)):
-        d = dlq.add_parser(name)
+    for name, fn, what in (
+        ("retry", cmd_dlq_retry, "queue dead letters for redelivery (after fixing the cause)"),
+        ("purge", cmd_dlq_purge, "drop dead letters"),
+    ):
+        d = dlq.add_parser(name, help=what)
         d.add_argument("id", type=int, nargs="?")
-        d.add_argument("--sink")
-        d.add_argument("--all", action="store_true", help="every dead letter (of --sink)")
+        _dead_letter_filters(d)
+        d.add_argument("--all", action="store_true", help="every dead letter the filters select")
+        d.add_argument(
+            "--dry-run", action="store_true", help="say how many and where; change nothing"
+        )
+        if name == "retry":
+            d.add_argument(
+                "--to", metavar="SINK",
+                help="deliver them to this sink (any configured one; default: the sink each "
+                "one failed at)",
+            )  # fmt: skip
         d.set_defaults(run=fn)
 
     quarantine = sub.add_parser("quarantine", help="unreadable bodies").add_subparsers(
@@ -189,6 +201,18 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     i.set_defaults(run=cmd_rules_import)
     return p
+
+
+def _dead_letter_filters(p: argparse.ArgumentParser) -> None:
+    """The filters of `relay dlq list|retry|purge`; given together, all must hold."""
+    p.add_argument("--sink", help="dead letters of this sink")
+    p.add_argument("--bucket")
+    p.add_argument("--prefix", help="of the object key")
+    p.add_argument(
+        "--since", help="dead-lettered at or after: RFC 3339 time or a duration ago (2h)"
+    )
+    p.add_argument("--until", help="dead-lettered before: RFC 3339 time or a duration ago")
+    p.add_argument("--error", help="whose last error contains this text (any case)")
 
 
 def _config() -> Config:
@@ -394,11 +418,12 @@ def _fsck(config: Config, path: Path, repair: bool) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
+    which = _dead_letter_filter(args)
     with admin.connect(_db(_config())) as conn:
-        rows = admin.list_dead_letters(conn, args.sink, args.limit)
+        rows = admin.list_dead_letters(conn, which, args.limit)
     for d in rows:
         print(f"{d.id:>6}  {_time(d.at)}  {d.sink:<24} seq={d.seq:<8} attempts={d.attempts:<3} "
-              f"{d.event_name} {d.bucket}/{d.key}  error: {d.error}")  # fmt: skip
+              f"{d.event_name} {d.bucket}/{d.key}  {d.state}  error: {d.error}")  # fmt: skip
     print(f"{len(rows)} dead letter(s)")
     return EXIT_OK
 
@@ -409,24 +434,53 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _selection(args: argparse.Namespace) -> tuple[int | None, str | None]:
-    if args.id is None and not args.all and not args.sink:
-        raise admin.AdminError("name a dead letter id, or --sink S, or --all")
-    return args.id, args.sink
+def _dead_letter_filter(args: argparse.Namespace) -> admin.DeadLetterFilter:
+    now = time.time()
+    return admin.DeadLetterFilter(
+        id=getattr(args, "id", None), sink=args.sink, bucket=args.bucket, prefix=args.prefix,
+        since=_when(args.since, now) if args.since else None,
+        until=_when(args.until, now) if args.until else None, error=args.error,
+    )  # fmt: skip
+
+
+def _selection(args: argparse.Namespace) -> admin.DeadLetterFilter:
+    which = _dead_letter_filter(args)
+    if not which.narrows and not args.all:
+        raise admin.AdminError(
+            "name a dead letter id, filters (--sink, --bucket, --prefix, --since, --until, "
+            "--error) or --all"
+        )
+    return which
 
 
 def cmd_dlq_retry(args: argparse.Namespace) -> int:
-    dlq_id, sink = _selection(args)
-    with admin.connect(_db(_config())) as conn, progress.Bar("dlq retry", "dead letters") as bar:
-        n = admin.retry_dead_letters(conn, dlq_id, sink, bar)
-    print(f"{n} dead letter(s) queued for redelivery")
+    which = _selection(args)
+    config = _config()
+    to = _sink_named(config, args.to) if args.to else None
+    router = config.router
+    with admin.connect(_db(config)) as conn:
+        if args.dry_run:
+            per_sink = admin.plan_dead_letter_retry(conn, which, to).by_sink()
+            where = ", ".join(f"{n} to {sink}" for sink, n in per_sink.items())
+            print(f"dry run: {sum(per_sink.values())} dead letter(s) would be queued for "
+                  f"redelivery{f' ({where})' if where else ''}; nothing was changed")  # fmt: skip
+            return EXIT_OK
+        with progress.Bar("dlq retry", "dead letters") as bar:
+            n = admin.retry_dead_letters(
+                conn, which, to, bar, routes=lambda sink, e: router.matches(sink, e.event)
+            )
+    print(f"{n} dead letter(s) queued for redelivery{f' to {to}' if to else ''}")
     return EXIT_OK
 
 
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
-    dlq_id, sink = _selection(args)
+    which = _selection(args)
     with admin.connect(_db(_config())) as conn:
-        n = admin.purge_dead_letters(conn, dlq_id, sink)
+        if args.dry_run:
+            n = len(admin.select_dead_letters(conn, which))
+            print(f"dry run: {n} dead letter(s) would be purged; nothing was changed")
+            return EXIT_OK
+        n = admin.purge_dead_letters(conn, which)
     print(f"{n} dead letter(s) purged")
     return EXIT_OK
 
@@ -462,10 +516,7 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config = _config()
-    names = [s.name for s in config.specs]
-    sink = next((n for n in names if n.lower() == args.sink.lower()), None)
-    if sink is None:
-        raise admin.AdminError(f"no sink {args.sink!r} (configured: {', '.join(names) or 'none'})")
+    sink = _sink_named(config, args.sink)
     now = time.time()
     since = _when(args.since, now) if args.since else 0.0
     until = _when(args.until, now) if args.until else now + 1
@@ -531,6 +582,15 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
         rules = [retarget(rule) for rule in rules]
     print(rules_to_toml(rules), end="")
     return EXIT_OK
+
+
+def _sink_named(config: Config, name: str) -> str:
+    """A configured sink by name, in any case."""
+    names = [s.name for s in config.specs]
+    sink = next((n for n in names if n.lower() == name.lower()), None)
+    if sink is None:
+        raise admin.AdminError(f"no sink {name!r} (configured: {', '.join(names) or 'none'})")
+    return sink
 
 
 def _time(ts: float) -> str:

@@ -42,6 +42,11 @@ def _redelivery_newer(db: Database) -> None:
     db.execute(Q["add_redelivery_newer"])
 
 
+@MIGRATIONS(name="0004_dead_letter_retrying_to")
+def _dead_letter_retrying_to(db: Database) -> None:
+    db.execute(Q["add_dead_letter_retrying_to"])
+
+
 def migrate(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:

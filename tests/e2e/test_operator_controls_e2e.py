@@ -4,6 +4,7 @@ filter, and dead letters selected by filter and retried to another sink."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 import sqlite3
@@ -15,7 +16,9 @@ import aiohttp
 import pytest
 
 from tests.support.bodies import minio_body
+from tests.support.receiver import Receiver
 from tests.support.relay_process import RelayProcess
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 TOKEN = "operator-ingest-5c21"
@@ -48,6 +51,15 @@ def in_log(relay: RelayProcess, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+async def admin_call(relay: RelayProcess, method: str, path: str, **kwargs: Any) -> Any:
+    async with aiohttp.ClientSession() as session:
+        async with session.request(
+            method, relay.url + path, headers={"Authorization": f"Bearer {ADMIN}"}, **kwargs
+        ) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
 
 
 async def metric(relay: RelayProcess, name: str, **labels: str) -> float:
@@ -168,3 +180,105 @@ def test_an_invalid_ingest_filter_is_a_configuration_error_naming_the_variable(
     assert result.returncode == 2
     assert "RELAY_INGEST_EVENTS" in result.stderr and "s3:Obj*ect" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+# -- dead letters by filter, and to another sink ------------------------------------------------
+
+
+@pytest.fixture
+async def receivers() -> Any:
+    made = [await Receiver().start() for _ in range(3)]
+    yield made
+    for receiver in made:
+        await receiver.stop()
+
+
+def webhook(sink_id: str, receiver: Receiver) -> dict[str, str]:
+    return {
+        f"RUSTFS_NOTIFY_WEBHOOK_ENABLE_{sink_id}": "on",
+        f"RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_{sink_id}": receiver.url,
+        f"RUSTFS_NOTIFY_WEBHOOK_BACKOFF_MAX_{sink_id}": "300ms",
+    }
+
+
+def keys(received: list[Any]) -> list[str]:
+    return sorted(r.json()["Key"] for r in received)
+
+
+async def test_dead_letters_selected_by_bucket_and_time_are_retried_to_another_sink(
+    receivers: list[Receiver], relay_factory: Callable[..., RelayProcess]
+) -> None:
+    refusing, backup, down = receivers
+    refusing.status = 400  # webhook:a gives every event up at once: dead letters
+    down.status = 503  # webhook:c fails, and keeps retrying
+    relay = await relay_factory({
+        "RELAY_AUTH_TOKENS": TOKEN, "RELAY_ADMIN_TOKENS": ADMIN,
+        "RELAY_RULE_ONLY_A_SINKS": "webhook:a",  # the log's events go to webhook:a alone
+        **webhook("A", refusing), **webhook("B", backup), **webhook("C", down),
+    }).start()  # fmt: skip
+
+    def dlq(*args: str) -> str:
+        return relay.cli("dlq", *args).stdout
+
+    before = [records("keep", ["k0", "k1", "k2"], 0), records("other", ["o0", "o1"], 10)]
+    assert [status for status, _ in await post(relay, before)] == [200, 200]
+    await eventually(lambda: in_log(relay, "SELECT count(*) FROM dead_letters") == [(5,)])
+    boundary = dt.datetime.now(dt.UTC).isoformat()  # every dead letter after it is newer
+    after = [records("keep", ["k3", "k4", "k5"], 20), records("other", ["o2", "o3"], 30)]
+    assert [status for status, _ in await post(relay, after)] == [200, 200]
+    await eventually(lambda: in_log(relay, "SELECT count(*) FROM dead_letters") == [(10,)])
+
+    chosen = ("--bucket", "keep", "--since", boundary)
+    listed = dlq("list", *chosen, "--sink", "WEBHOOK:A", "--error", "http 400")
+    assert "3 dead letter(s)" in listed and listed.count("  waiting  error: HTTP 400") == 3
+    assert all(f"keep/k{n}" in listed for n in (3, 4, 5))
+    assert "0 dead letter(s)" in dlq("list", *chosen, "--error", "timeout")
+
+    # a dry run says how many would go where, and changes nothing
+    assert dlq("retry", *chosen, "--to", "webhook:b", "--dry-run") == (
+        "dry run: 3 dead letter(s) would be queued for redelivery (3 to webhook:b); "
+        "nothing was changed\n"
+    )
+    assert in_log(relay, "SELECT count(*) FROM redeliveries") == [(0,)]
+    assert in_log(relay, "SELECT count(*) FROM dead_letters WHERE retrying_to IS NULL") == [
+        (10,)]  # fmt: skip
+
+    assert dlq("retry", *chosen, "--to", "webhook:b") == (
+        "3 dead letter(s) queued for redelivery to webhook:b\n")  # fmt: skip
+    assert keys(await backup.wait_for(3)) == ["keep/k3", "keep/k4", "keep/k5"]
+    assert "0 dead letter(s) queued" in dlq("retry", *chosen, "--to", "webhook:b")
+
+    # the same through the admin API: the older dead letters of the other bucket
+    selection = {"bucket": "other", "until": boundary, "error": "HTTP 400", "to": "webhook:B"}
+    answer = await admin_call(relay, "POST", "/admin/api/dlq/retry",
+                              json={**selection, "dry_run": True})  # fmt: skip
+    assert answer == {"dry_run": True, "would_retry": 2, "to": {"webhook:b": 2}}
+    assert len(backup.received) == 3
+    answer = await admin_call(relay, "POST", "/admin/api/dlq/retry", json=selection)
+    assert answer == {"retried": 2}
+    got = await backup.wait_for(5)
+    assert keys(got) == ["keep/k3", "keep/k4", "keep/k5", "other/o0", "other/o1"]
+    assert all(r.json()["Records"][0]["eventName"] == "s3:ObjectCreated:Put" for r in got)
+    assert refusing.received == [] and down.received == []
+
+    # a sink that is down: the dead letter shows as being retried there, for as long as it
+    # takes, and a purge of the others leaves it
+    assert "1 dead letter(s) queued for redelivery to webhook:c" in dlq(
+        "retry", "--bucket", "keep", "--prefix", "k0", "--to", "webhook:c")  # fmt: skip
+    await eventually(lambda: down.attempts >= 2)
+    shown = await admin_call(relay, "GET", "/admin/api/dlq", params={"bucket": "keep",
+                                                                     "prefix": "k0"})  # fmt: skip
+    assert [(d["key"], d["state"], d["retrying_to"]) for d in shown["dead_letters"]] == [
+        ("k0", "being retried to webhook:c", "webhook:c")]  # fmt: skip
+    assert "being retried to webhook:c" in dlq("list", "--prefix", "k0")
+    waiting = ("--bucket", "keep", "--until", boundary)
+    assert dlq("purge", *waiting, "--dry-run") == (
+        "dry run: 3 dead letter(s) would be purged; nothing was changed\n")  # fmt: skip
+    answer = await admin_call(relay, "POST", "/admin/api/dlq/purge",
+                              json={"bucket": "keep", "until": boundary, "prefix": "k1"})  # fmt: skip
+    assert answer == {"purged": 1}
+    assert "1 dead letter(s) purged" in dlq("purge", "--bucket", "keep", "--prefix", "k2")
+    assert "being retried to webhook:c" in dlq("list", "--bucket", "keep", "--until", boundary)
+    assert in_log(relay, "SELECT r.sink, e.key FROM redeliveries r JOIN events e USING (seq)"
+                  ) == [("webhook:c", "k0")]  # still queued there  # fmt: skip
+    assert refusing.received == []
