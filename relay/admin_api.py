@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import metrics, tail
+from relay import ingest, metrics, tail
 from relay.config import ConfigError, Settings
 from relay.delivery.dispatcher import Dispatcher
 from relay.queue import admin, stats
@@ -299,21 +299,37 @@ def _limit(request: web.Request) -> int:
     return max(1, min(_int(request.query.get("limit", LIST_LIMIT), "limit"), MAX_LIST_LIMIT))
 
 
-def _selection(
-    body: dict[str, Any], what: str, sinks: bool = True
-) -> tuple[int | None, str | None]:
-    """`{"id": n}`, `{"sink": s}` or `{"all": true}`, as the CLI's `ID | --sink S | --all`."""
-    dlq_id = _int(body["id"], "id") if body.get("id") is not None else None
-    sink = _str(body.get("sink"), "sink") if sinks else None
-    everything = body.get("all") is True
-    if dlq_id is None and sink is None and not everything:
-        choices = (
-            '{"id": n}, {"sink": "type:id"} or {"all": true}'
-            if sinks
-            else ('{"id": n} or {"all": true}')
+def _selection(body: dict[str, Any]) -> int | None:
+    """`{"id": n}` or `{"all": true}`, as the CLI's `ID | --all`."""
+    qid = _int(body["id"], "id") if body.get("id") is not None else None
+    if qid is None and body.get("all") is not True:
+        raise _error(400, 'name the quarantined bodies: {"id": n} or {"all": true}')
+    return qid
+
+
+def _dead_letter_filter(values: Mapping[str, Any]) -> admin.DeadLetterFilter:
+    """The filters of GET /admin/api/dlq (query) and of retry and purge (body), as the
+    CLI's: `id`, `sink`, `bucket`, `prefix`, `since`, `until`, `error`."""
+    now = time.time()
+    return admin.DeadLetterFilter(
+        id=_int(values["id"], "id") if values.get("id") is not None else None,
+        sink=_str(values.get("sink"), "sink"), bucket=_str(values.get("bucket"), "bucket"),
+        prefix=_str(values.get("prefix"), "prefix"),
+        since=_when(values.get("since"), "since", now),
+        until=_when(values.get("until"), "until", now), error=_str(values.get("error"), "error"),
+    )  # fmt: skip
+
+
+def _dead_letters(body: dict[str, Any]) -> admin.DeadLetterFilter:
+    """A retry's or purge's selection: an id, filters or `{"all": true}`."""
+    which = _dead_letter_filter(body)
+    if not which.narrows and body.get("all") is not True:
+        raise _error(
+            400,
+            'name the dead letters: {"id": n}, filters ("sink", "bucket", "prefix", "since", '
+            '"until", "error") or {"all": true}',
         )
-        raise _error(400, f"name the {what}: {choices}")
-    return dlq_id, sink
+    return which
 
 
 # -- page -----------------------------------------------------------------------------------------
@@ -403,11 +419,15 @@ async def resume(request: web.Request) -> web.Response:
 # -- dead letters ---------------------------------------------------------------------------------
 
 
+def _dead_letter_body(d: admin.DeadLetter) -> dict[str, Any]:
+    return {**dataclasses.asdict(d), "state": d.state}
+
+
 async def dlq_list(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
-    sink, limit = request.query.get("sink") or None, _limit(request)
-    rows = await a.read(lambda conn: admin.list_dead_letters(conn, sink, limit))
-    return _json({"dead_letters": [dataclasses.asdict(d) for d in rows]})
+    which, limit = _dead_letter_filter(request.query), _limit(request)
+    rows = await a.read(lambda conn: admin.list_dead_letters(conn, which, limit))
+    return _json({"dead_letters": [_dead_letter_body(d) for d in rows]})
 
 
 async def dlq_show(request: web.Request) -> web.Response:
@@ -417,23 +437,51 @@ async def dlq_show(request: web.Request) -> web.Response:
 
 
 async def dlq_retry(request: web.Request) -> web.Response:
+    """Dead letters (an id, filters or all) queued again for their own sink or, with
+    `"to"`, for any configured sink; `"dry_run": true` only says how many would go where."""
     a = request.app[ADMIN_KEY]
-    dlq_id, sink = _selection(await _body(request), "dead letters")
-    n = await a.log.write(lambda conn: admin.retry_dead_letters_tx(conn, dlq_id, sink), wakes=True)
+    body = await _body(request)
+    which = _dead_letters(body)
+    to_name = _str(body.get("to"), "to")
+    to = a.dispatcher(to_name).name if to_name else None
+    if body.get("dry_run") is True:
+        plan = await a.read(lambda conn: admin.plan_dead_letter_retry(conn, which, to))
+        per_sink = plan.by_sink()
+        return _json({"dry_run": True, "would_retry": sum(per_sink.values()), "to": per_sink})
+    routes = _routes(a)
+    n = await a.log.write(
+        lambda conn: admin.retry_dead_letters_tx(conn, which, to, routes=routes), wakes=True
+    )
     if n:
         log.info("dead letters queued for redelivery (admin API)",
-                 extra={"count": n, "id": dlq_id, "sink": sink})  # fmt: skip
+                 extra={"count": n, "selection": _shown(which), "to": to})  # fmt: skip
     return _json({"retried": n})
 
 
 async def dlq_purge(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
-    dlq_id, sink = _selection(await _body(request), "dead letters")
-    n = await a.log.write(lambda conn: admin.purge_dead_letters_tx(conn, dlq_id, sink))
+    body = await _body(request)
+    which = _dead_letters(body)
+    if body.get("dry_run") is True:
+        rows = await a.read(lambda conn: admin.select_dead_letters(conn, which))
+        return _json({"dry_run": True, "would_purge": len(rows)})
+    n = await a.log.write(lambda conn: admin.purge_dead_letters_tx(conn, which))
     if n:
         log.info("dead letters purged (admin API)",
-                 extra={"count": n, "id": dlq_id, "sink": sink})  # fmt: skip
+                 extra={"count": n, "selection": _shown(which)})  # fmt: skip
     return _json({"purged": n})
+
+
+def _routes(a: Admin) -> admin.Routes | None:
+    """The sinks' rules, for the stale check of a retry (every dispatcher has the same)."""
+    router = next((d.router for d in a.dispatchers.values()), None)
+    if router is None:
+        return None
+    return lambda sink, entry: router.matches(sink, entry.event)
+
+
+def _shown(which: admin.DeadLetterFilter) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(which).items() if v is not None}
 
 
 # -- quarantine -----------------------------------------------------------------------------------
@@ -457,16 +505,18 @@ async def quarantine_retry(request: web.Request) -> web.Response:
     """Each body is parsed again on a reader thread; the events of one that now parses go
     into the log through the writer, as ingest's do, and then it leaves quarantine."""
     a = request.app[ADMIN_KEY]
-    qid, _ = _selection(await _body(request), "quarantined bodies", sinks=False)
+    select = request.app[ingest.FILTER_KEY]  # RELAY_INGEST_EVENTS, as ingest applies it
+    qid = _selection(await _body(request))
     results = []
     for item in await a.read(lambda conn: admin.quarantine_ids(conn, qid)):
         parsed = await a.read(functools.partial(admin.reparse_quarantined, qid=item))
         if isinstance(parsed, admin.QuarantineRetry):
             results.append(parsed)
             continue
-        appended = await a.log.append(parsed)
+        events, left_out = select.split(parsed) if select else (parsed, 0)
+        accepted = (await a.log.append(events)).accepted if events else 0
         await a.log.write(functools.partial(admin.drop_quarantined_tx, qid=item))
-        results.append(admin.QuarantineRetry(item, True, f"{appended.accepted} event(s) accepted"))
+        results.append(admin.QuarantineRetry(item, True, admin.ingested(accepted, left_out)))
     return _json({"results": [dataclasses.asdict(r) for r in results]})
 
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from relay.config import (
     load_sinks,
     parse_start,
 )
+from relay.datadir import DataDirLock
 from relay.delivery.dispatcher import Dispatcher, Policy
 from relay.queue import fsck
 from relay.queue.fsck import LogDamaged
@@ -33,7 +35,6 @@ from relay.sinks.base import Sink
 log = logging.getLogger("relay")
 
 DB_NAME = "relay.db"
-PID_NAME = "relay.pid"  # for `relay reload`
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,28 @@ def build_sinks(config: Config) -> list[Sink]:
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     settings = config.settings
+    # `relay reload` may read the pid as soon as the lock is taken: a SIGHUP while starting
+    # must not end the process (SIGHUP's default); it is acted on once the relay runs
+    early_reload = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, early_reload.set)
     for warning in config.warnings:
         log.warning(warning)
     outputs = build_sinks(config)  # before the log: a bad sink or TLS file touches nothing
     server_tls = tls.server_context(settings)
+    # one relay per data directory, from before the log is opened until after it is closed
+    with DataDirLock(settings.data_dir).held():
+        await _serve(config, outputs, server_tls, early_reload, stop)
+
+
+async def _serve(
+    config: Config,
+    outputs: list[Sink],
+    server_tls: ssl.SSLContext | None,
+    early_reload: asyncio.Event,
+    stop: asyncio.Event | None,
+) -> None:
+    settings = config.settings
+    loop = asyncio.get_running_loop()
     event_log = open_log(settings)
     try:
         event_log.open()
@@ -130,8 +149,6 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         runner, settings.listen_host, settings.listen_port, backlog=1024, ssl_context=server_tls
     )
     await site.start()
-    pidfile = Path(settings.data_dir) / PID_NAME
-    pidfile.write_text(f"{os.getpid()}\n")
     watcher = asyncio.create_task(tls.watch(), name="tls files")
     # no seconds for a check still running: they would read as the check's cost
     check = ({"log_check": "background"} if event_log.check_in_background
@@ -144,15 +161,20 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     )  # fmt: skip
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: asyncio.ensure_future(reload(config, dispatchers))
-    )
+    reloads: set[asyncio.Future[None]] = set()
+
+    def on_sighup() -> None:
+        future = asyncio.ensure_future(reload(config, dispatchers))
+        reloads.add(future)
+        future.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if early_reload.is_set():
+        on_sighup()
     await stop.wait()
     watcher.cancel()
-    pidfile.unlink(missing_ok=True)
 
     log.info("shutting down")
     await runner.cleanup()  # no new requests; in-flight handlers finish their commit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -13,10 +14,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relay import __version__, app, audit, logs, progress, sinks, tail
-from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option
+from relay import __version__, datadir, logs, progress, sinks
+from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, load_settings
 from relay.events import Unparseable, parse_body
 from relay.queue import admin, fsck, lifecycle, stats
 from relay.rules import (
@@ -28,21 +29,32 @@ from relay.rules import (
 )
 from relay.sinks import redact
 
+if TYPE_CHECKING:
+    from relay.app import Config
+
+# relay.app (the server, the admin API, the delivery loop) and the modules that import it
+# are imported by the commands that use them: `relay serve` locks its data directory first.
+
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG, EXIT_DAMAGED = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "run"):
-        parser.print_help()
-        return EXIT_CONFIG
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.run(args) or 0)
+        with contextlib.ExitStack() as stack:
+            early = _data_dir_lock(argv)
+            if early is not None:
+                stack.enter_context(early.held())
+            parser = _parser()
+            args = parser.parse_args(argv)
+            if not hasattr(args, "run"):
+                parser.print_help()
+                return EXIT_CONFIG
+            return int(args.run(args) or 0)
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except admin.AdminError as exc:
+    except (admin.AdminError, datadir.DataDirInUse) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return EXIT_UNHEALTHY
     except fsck.LogDamaged as exc:
@@ -50,7 +62,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_DAMAGED
 
 
+def _data_dir_lock(argv: Sequence[str]) -> datadir.DataDirLock | None:
+    """`relay serve` locks an existing data directory before the rest of the relay is
+    imported (a second or more on a busy machine), so a second relay on it is turned away
+    at once; the relay then shares this lock. None for other commands, for a directory
+    not made yet (nobody holds it; the relay locks it once its configuration is known to
+    be valid, which touches nothing otherwise) and for a configuration the command itself
+    will report."""
+    if list(argv[:1]) != ["serve"]:
+        return None
+    try:
+        data_dir = Path(load_settings(os.environ).data_dir)
+    except ConfigError:
+        return None
+    return datadir.DataDirLock(data_dir) if data_dir.is_dir() else None
+
+
 def _parser() -> argparse.ArgumentParser:
+    from relay import audit
+
     p = argparse.ArgumentParser(prog="relay", description="s3-notify-relay")
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(metavar="command")
@@ -91,18 +121,30 @@ def _parser() -> argparse.ArgumentParser:
     forget.set_defaults(run=cmd_sinks_forget)
 
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(metavar="action")
-    d = dlq.add_parser("list")
-    d.add_argument("--sink")
+    d = dlq.add_parser("list", help="dead letters with their last error and state")
+    _dead_letter_filters(d)
     d.add_argument("--limit", type=int, default=100)
     d.set_defaults(run=cmd_dlq_list)
     d = dlq.add_parser("show")
     d.add_argument("id", type=int)
     d.set_defaults(run=cmd_dlq_show)
-    for name, fn in (("retry", cmd_dlq_retry), ("purge", cmd_dlq_purge)):
-        d = dlq.add_parser(name)
+    for name, fn, what in (
+        ("retry", cmd_dlq_retry, "queue dead letters for redelivery (after fixing the cause)"),
+        ("purge", cmd_dlq_purge, "drop dead letters"),
+    ):
+        d = dlq.add_parser(name, help=what)
         d.add_argument("id", type=int, nargs="?")
-        d.add_argument("--sink")
-        d.add_argument("--all", action="store_true", help="every dead letter (of --sink)")
+        _dead_letter_filters(d)
+        d.add_argument("--all", action="store_true", help="every dead letter the filters select")
+        d.add_argument(
+            "--dry-run", action="store_true", help="say how many and where; change nothing"
+        )
+        if name == "retry":
+            d.add_argument(
+                "--to", metavar="SINK",
+                help="deliver them to this sink (any configured one; default: the sink each "
+                "one failed at)",
+            )  # fmt: skip
         d.set_defaults(run=fn)
 
     quarantine = sub.add_parser("quarantine", help="unreadable bodies").add_subparsers(
@@ -168,11 +210,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config() -> app.Config:
+def _dead_letter_filters(p: argparse.ArgumentParser) -> None:
+    """The filters of `relay dlq list|retry|purge`; given together, all must hold."""
+    p.add_argument("--sink", help="dead letters of this sink")
+    p.add_argument("--bucket")
+    p.add_argument("--prefix", help="of the object key")
+    p.add_argument(
+        "--since", help="dead-lettered at or after: RFC 3339 time or a duration ago (2h)"
+    )
+    p.add_argument("--until", help="dead-lettered before: RFC 3339 time or a duration ago")
+    p.add_argument("--error", help="whose last error contains this text (any case)")
+
+
+def _config() -> Config:
+    from relay import app
+
     return app.load_config(os.environ)
 
 
-def _db(config: app.Config) -> Path:
+def _db(config: Config) -> Path:
+    from relay import app
+
     return Path(config.settings.data_dir) / app.DB_NAME
 
 
@@ -180,6 +238,8 @@ def _db(config: app.Config) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from relay import app
+
     config = _config()
     logs.setup(config.settings.log_format, config.settings.log_level)
     try:
@@ -194,6 +254,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from relay import app
+
     config = _config()
     if args.print_ddl:
         for spec in config.specs:
@@ -248,7 +310,7 @@ def _show(value: Any) -> str:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     config = _config()  # the new rules are checked here too: a bad file is reported now
-    pidfile = Path(config.settings.data_dir) / app.PID_NAME
+    pidfile = Path(config.settings.data_dir) / datadir.PID_NAME
     try:
         pid = int(pidfile.read_text().strip())
         os.kill(pid, signal.SIGHUP)
@@ -348,6 +410,14 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     path = _db(config)
     if not path.exists():
         raise admin.AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")
+    if not args.repair:
+        return _fsck(config, path, repair=False)
+    # a repair swaps the log file: no relay may have it open, nor start meanwhile
+    with datadir.DataDirLock(config.settings.data_dir).held():
+        return _fsck(config, path, repair=True)
+
+
+def _fsck(config: Config, path: Path, repair: bool) -> int:
     problems = fsck.check(path)
     if not problems:
         print(f"{path}: ok")
@@ -355,7 +425,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     print(f"{path}: damaged")
     for problem in problems[:20]:
         print(f"  {problem}")
-    if not args.repair:
+    if not repair:
         print("run `relay fsck --repair` to copy every readable row into a new log")
         return EXIT_DAMAGED
     sinks = [s.name for s in config.specs]
@@ -380,11 +450,12 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
+    which = _dead_letter_filter(args)
     with admin.connect(_db(_config())) as conn:
-        rows = admin.list_dead_letters(conn, args.sink, args.limit)
+        rows = admin.list_dead_letters(conn, which, args.limit)
     for d in rows:
         print(f"{d.id:>6}  {_time(d.at)}  {d.sink:<24} seq={d.seq:<8} attempts={d.attempts:<3} "
-              f"{d.event_name} {d.bucket}/{d.key}  error: {d.error}")  # fmt: skip
+              f"{d.event_name} {d.bucket}/{d.key}  {d.state}  error: {d.error}")  # fmt: skip
     print(f"{len(rows)} dead letter(s)")
     return EXIT_OK
 
@@ -395,24 +466,53 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _selection(args: argparse.Namespace) -> tuple[int | None, str | None]:
-    if args.id is None and not args.all and not args.sink:
-        raise admin.AdminError("name a dead letter id, or --sink S, or --all")
-    return args.id, args.sink
+def _dead_letter_filter(args: argparse.Namespace) -> admin.DeadLetterFilter:
+    now = time.time()
+    return admin.DeadLetterFilter(
+        id=getattr(args, "id", None), sink=args.sink, bucket=args.bucket, prefix=args.prefix,
+        since=_when(args.since, now) if args.since else None,
+        until=_when(args.until, now) if args.until else None, error=args.error,
+    )  # fmt: skip
+
+
+def _selection(args: argparse.Namespace) -> admin.DeadLetterFilter:
+    which = _dead_letter_filter(args)
+    if not which.narrows and not args.all:
+        raise admin.AdminError(
+            "name a dead letter id, filters (--sink, --bucket, --prefix, --since, --until, "
+            "--error) or --all"
+        )
+    return which
 
 
 def cmd_dlq_retry(args: argparse.Namespace) -> int:
-    dlq_id, sink = _selection(args)
-    with admin.connect(_db(_config())) as conn, progress.Bar("dlq retry", "dead letters") as bar:
-        n = admin.retry_dead_letters(conn, dlq_id, sink, bar)
-    print(f"{n} dead letter(s) queued for redelivery")
+    which = _selection(args)
+    config = _config()
+    to = _sink_named(config, args.to) if args.to else None
+    router = config.router
+    with admin.connect(_db(config)) as conn:
+        if args.dry_run:
+            per_sink = admin.plan_dead_letter_retry(conn, which, to).by_sink()
+            where = ", ".join(f"{n} to {sink}" for sink, n in per_sink.items())
+            print(f"dry run: {sum(per_sink.values())} dead letter(s) would be queued for "
+                  f"redelivery{f' ({where})' if where else ''}; nothing was changed")  # fmt: skip
+            return EXIT_OK
+        with progress.Bar("dlq retry", "dead letters") as bar:
+            n = admin.retry_dead_letters(
+                conn, which, to, bar, routes=lambda sink, e: router.matches(sink, e.event)
+            )
+    print(f"{n} dead letter(s) queued for redelivery{f' to {to}' if to else ''}")
     return EXIT_OK
 
 
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
-    dlq_id, sink = _selection(args)
+    which = _selection(args)
     with admin.connect(_db(_config())) as conn:
-        n = admin.purge_dead_letters(conn, dlq_id, sink)
+        if args.dry_run:
+            n = len(admin.select_dead_letters(conn, which))
+            print(f"dry run: {n} dead letter(s) would be purged; nothing was changed")
+            return EXIT_OK
+        n = admin.purge_dead_letters(conn, which)
     print(f"{n} dead letter(s) purged")
     return EXIT_OK
 
@@ -435,8 +535,12 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
 def cmd_quarantine_retry(args: argparse.Namespace) -> int:
     if args.id is None and not args.all:
         raise admin.AdminError("name a quarantined body id, or --all")
-    with admin.connect(_db(_config())) as conn:
-        results = admin.retry_quarantine(conn, args.id)
+    from relay import ingest
+
+    config = _config()
+    select = ingest.ingest_filter(config.settings)
+    with admin.connect(_db(config)) as conn:
+        results = admin.retry_quarantine(conn, args.id, select.split if select else None)
     for r in results:
         print(f"{r.id:>6}  {'ingested' if r.ok else 'kept'}: {r.detail}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_UNHEALTHY
@@ -444,10 +548,7 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config = _config()
-    names = [s.name for s in config.specs]
-    sink = next((n for n in names if n.lower() == args.sink.lower()), None)
-    if sink is None:
-        raise admin.AdminError(f"no sink {args.sink!r} (configured: {', '.join(names) or 'none'})")
+    sink = _sink_named(config, args.sink)
     now = time.time()
     since = _when(args.since, now) if args.since else 0.0
     until = _when(args.until, now) if args.until else now + 1
@@ -463,6 +564,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    from relay import tail
+
     config = _config()
     token = args.token or next(iter(config.settings.admin_tokens), "")
     if not token:
@@ -511,6 +614,15 @@ def cmd_rules_import(args: argparse.Namespace) -> int:
         rules = [retarget(rule) for rule in rules]
     print(rules_to_toml(rules), end="")
     return EXIT_OK
+
+
+def _sink_named(config: Config, name: str) -> str:
+    """A configured sink by name, in any case."""
+    names = [s.name for s in config.specs]
+    sink = next((n for n in names if n.lower() == name.lower()), None)
+    if sink is None:
+        raise admin.AdminError(f"no sink {name!r} (configured: {', '.join(names) or 'none'})")
+    return sink
 
 
 def _time(ts: float) -> str:

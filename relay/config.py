@@ -198,6 +198,16 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "ingest_events",
+        "list",
+        (),
+        "Event names the relay stores (comma-separated patterns with the rules' wildcards, "
+        "e.g. `s3:ObjectCreated:*,s3:ObjectRemoved:*`). Any other event is answered 200 as "
+        "if stored, so the sender does not resend it, and only counted in "
+        "relay_events_filtered_total. Empty: every event. The stores' own subscription "
+        "filters come first: an `s3:*` subscription still costs the store a request per GET.",
+    ),
+    Option(
         "admin_tokens",
         "list",
         (),
@@ -322,6 +332,7 @@ class Settings:
     tls_key: str
     tls_client_ca: str
     ingest_signing_secrets: tuple[str, ...]
+    ingest_events: tuple[str, ...]
     admin_tokens: tuple[str, ...]
     trusted_networks: tuple[Any, ...]
     max_body: int

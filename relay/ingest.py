@@ -23,8 +23,9 @@ from aiohttp import web
 
 from relay import metrics, signing
 from relay.config import ConfigError, Settings
-from relay.events import Unparseable, parse_body
+from relay.events import Event, Unparseable, parse_body
 from relay.queue.log import Log
+from relay.rules import EventSet, compile_event_patterns
 
 log = logging.getLogger("relay.ingest")
 
@@ -36,6 +37,63 @@ LOG_KEY = web.AppKey("log", Log)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 SINKS_KEY = web.AppKey("sinks", dict)  # sink name → Dispatcher (for readiness detail)
 SIGNING_KEYS = web.AppKey("signing_keys", list)
+
+
+_UNSEEN = object()
+
+
+class IngestFilter:
+    """RELAY_INGEST_EVENTS: the events the relay stores; the others are answered as stored
+    and counted by name. The patterns are the rules' (relay/rules.py), so a wildcard means
+    the same here as in a rule. Each name's verdict is worked out once and remembered: an
+    event costs one dict look-up (the senders use a few dozen names)."""
+
+    MAX_NAMES = 4096  # verdicts remembered; past it (names made up by a sender) each is worked out
+    MAX_LABELS = 256  # event names counted by name; past it they count as "other"
+
+    def __init__(self, events: EventSet) -> None:
+        self._events = events
+        self._verdicts: dict[str, Any] = {}  # name → None (stored) or its filtered counter
+        self._labelled: set[str] = set()
+
+    def split(self, events: list[Event]) -> tuple[list[Event], int]:
+        """The events to store, and how many were left out (counted)."""
+        verdicts = self._verdicts
+        left_out: dict[Any, int] = {}
+        kept: list[Event] = []
+        for event in events:
+            name = event.event_name
+            counter = verdicts.get(name, _UNSEEN)
+            if counter is _UNSEEN:
+                counter = self._verdict(name)
+            if counter is None:
+                kept.append(event)
+            else:
+                left_out[counter] = left_out.get(counter, 0) + 1
+        for counter, n in left_out.items():
+            counter.inc(n)
+        return (events, 0) if len(kept) == len(events) else (kept, len(events) - len(kept))
+
+    def _verdict(self, name: str) -> Any:
+        if self._events.match(name):
+            counter = None
+        else:
+            if len(self._labelled) < self.MAX_LABELS:
+                self._labelled.add(name)
+            label = name if name in self._labelled else "other"
+            counter = metrics.EVENTS_FILTERED.labels(label)
+        if len(self._verdicts) < self.MAX_NAMES:
+            self._verdicts[name] = counter
+        return counter
+
+
+FILTER_KEY: web.AppKey[IngestFilter | None] = web.AppKey("ingest_filter")
+
+
+def ingest_filter(settings: Settings) -> IngestFilter | None:
+    """None when every event is stored (the default, and `s3:*`)."""
+    events = compile_event_patterns(settings.ingest_events, "RELAY_INGEST_EVENTS")
+    return IngestFilter(events) if events is not None and not events.everything else None
 
 
 def source_label(path: str) -> str:
@@ -165,9 +223,15 @@ async def receive(request: web.Request) -> web.Response:
     if parsed.test_event:
         metrics.TEST_EVENTS.inc()
         return _accepted(0, 0)
+    events, left_out = parsed.events, 0
+    event_filter = request.app[FILTER_KEY]
+    if event_filter is not None:
+        events, left_out = event_filter.split(events)
+        if not events:  # answered as stored: the sender must not send them again
+            return _accepted(left_out, 0)
     started = time.perf_counter()
     try:
-        result = await event_log.append(parsed.events)
+        result = await event_log.append(events)
     except Exception as exc:  # disk full, I/O error, shutting down (LogClosed)
         log.error("append failed", extra={"error": str(exc), "source": source})
         return _reject(
@@ -175,10 +239,10 @@ async def receive(request: web.Request) -> web.Response:
         )
     metrics.INGEST_COMMIT_SECONDS.observe(time.perf_counter() - started)
     if result.accepted:
-        metrics.received(source, parsed.events[0].dialect).inc(result.accepted)
+        metrics.received(source, events[0].dialect).inc(result.accepted)
     if result.duplicates:
         metrics.EVENTS_DUPLICATE.inc(result.duplicates)
-    return _accepted(result.accepted, result.duplicates)
+    return _accepted(result.accepted + left_out, result.duplicates)
 
 
 async def _quarantine(
@@ -232,6 +296,7 @@ def make_app(settings: Settings, event_log: Log, dispatchers: dict[str, Any]) ->
     app[LOG_KEY] = event_log
     app[SINKS_KEY] = dispatchers
     app[SIGNING_KEYS] = signing_keys(settings)
+    app[FILTER_KEY] = ingest_filter(settings)
     app.router.add_get("/", root)  # HEAD / too
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -249,6 +314,7 @@ def signing_keys(settings: Settings) -> list[bytes]:
 
 def ingest_warnings(settings: Settings) -> Sequence[str]:
     signing_keys(settings)  # validates
+    ingest_filter(settings)
     if not settings.auth_tokens and not settings.ingest_signing_secrets:
         return ["RELAY_AUTH_TOKENS is empty: anyone who can reach the port can post events"]
     return []

@@ -39,6 +39,11 @@ EVENTS_DUPLICATE = Counter(
     "Events answered 2xx but not stored: already in the log.",
     registry=REGISTRY,
 )
+EVENTS_FILTERED = Counter(
+    "relay_events_filtered_total",
+    "Events answered 2xx but not stored: outside RELAY_INGEST_EVENTS, by canonical event name.",
+    ["event"], registry=REGISTRY,
+)  # fmt: skip
 INGEST_REJECTED = Counter(
     "relay_ingest_rejected_total",
     "Requests not stored: unauthorized, too_large, slow_client, quarantined, log_full_events, "

@@ -14,7 +14,9 @@ any connection, a read-only one included.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import json
 import sqlite3
 import time
@@ -74,6 +76,27 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 @dataclass(frozen=True)
+class DeadLetterFilter:
+    """The dead letters an operator action covers: every filter given must hold."""
+
+    id: int | None = None
+    sink: str | None = None  # the sink that gave up on the event (any case)
+    bucket: str | None = None
+    prefix: str | None = None  # of the decoded key
+    since: float | None = None  # dead-lettered at or after (unix seconds)
+    until: float | None = None  # … and before
+    error: str | None = None  # a substring of the last error (any case)
+
+    @property
+    def narrows(self) -> bool:
+        """Whether it names anything, rather than every dead letter."""
+        return any(v is not None for v in dataclasses.astuple(self))
+
+
+EVERY_DEAD_LETTER = DeadLetterFilter()
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     id: int
     sink: str
@@ -84,46 +107,116 @@ class DeadLetter:
     event_name: str | None
     bucket: str | None
     key: str | None
+    retrying_to: str | None = None  # the sink its redelivery is queued for, until finished
+
+    @property
+    def state(self) -> str:
+        return f"being retried to {self.retrying_to}" if self.retrying_to else "waiting"
 
 
-def list_dead_letters(conn: sqlite3.Connection, sink: str | None, limit: int) -> list[DeadLetter]:
-    return [DeadLetter(*row) for row in conn.execute(Q["list_dead_letters"], (sink, sink, limit))]
+_DEAD_LETTER_FIELDS = [f.name for f in dataclasses.fields(DeadLetter)]
+
+
+def _named(conn: sqlite3.Connection, query: str, params: Mapping[str, Any]) -> sqlite3.Cursor:
+    """A query whose rows are read by column name (whatever the connection's row factory,
+    which the relay's readers share)."""
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    return cursor.execute(Q[query], params)
+
+
+def select_dead_letters(
+    conn: sqlite3.Connection, which: DeadLetterFilter | None = None, limit: int = -1
+) -> list[DeadLetter]:
+    params = {**dataclasses.asdict(which or EVERY_DEAD_LETTER), "limit": limit}
+    return [
+        DeadLetter(**{name: row[name] for name in _DEAD_LETTER_FIELDS})
+        for row in _named(conn, "select_dead_letters", params)
+    ]
+
+
+def list_dead_letters(
+    conn: sqlite3.Connection, which: DeadLetterFilter | str | None, limit: int
+) -> list[DeadLetter]:
+    """The dead letters `which` names, oldest first (a sink's name alone: that sink's)."""
+    if not isinstance(which, DeadLetterFilter):
+        which = DeadLetterFilter(sink=which)
+    return select_dead_letters(conn, which, limit)
 
 
 def show_dead_letter(conn: sqlite3.Connection, dlq_id: int) -> dict[str, Any]:
-    row = conn.execute(Q["get_dead_letter"], (dlq_id,)).fetchone()
+    row = _named(conn, "get_dead_letter", {"id": dlq_id}).fetchone()
     if row is None:
         raise NotFound(f"no dead letter {dlq_id}")
-    keys = ("id", "sink", "seq", "attempts", "error", "at", "event_id", "event_name", "bucket",
-            "key", "record")  # fmt: skip
-    out = dict(zip(keys, row))
+    out = dict(row)
     out["record"] = bytes(out["record"]).decode("utf-8", "replace") if out["record"] else None
+    out["state"] = DeadLetter(**{k: out[k] for k in _DEAD_LETTER_FIELDS}).state
     return out
 
 
+# the target sink's rules: (sink, entry) → whether the sink would have had it
+Routes = Callable[[str, LogEntry], bool]
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """What a dead-letter retry queues: each dead letter with the sink it goes to."""
+
+    letters: list[tuple[DeadLetter, str]]
+
+    def by_sink(self) -> dict[str, int]:
+        """How many go to each sink (a dry run's answer)."""
+        counts: dict[str, int] = {}
+        for _, target in self.letters:
+            counts[target] = counts.get(target, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def plan_dead_letter_retry(
+    conn: sqlite3.Connection, which: DeadLetterFilter | None, to: str | None = None
+) -> RetryPlan:
+    """The dead letters `which` names, each for `to` (default: its own sink), leaving out
+    those already being retried to that sink (their redelivery is queued). Read only: a
+    dry run is this."""
+    letters = [
+        (letter, to or letter.sink)
+        for letter in select_dead_letters(conn, which)
+        if letter.retrying_to != (to or letter.sink)
+    ]
+    return RetryPlan(letters)
+
+
 def retry_dead_letters_tx(
-    conn: sqlite3.Connection, dlq_id: int | None, sink: str | None,
+    conn: sqlite3.Connection,
+    which: DeadLetterFilter | None,
+    to: str | None = None,
     progress: Progress = _no_progress,
-) -> int:  # fmt: skip
-    """Queue dead letters (one, a sink's, or all) for redelivery to their sink; the
-    dead-letter rows go away. Inside the caller's transaction. Each carries the newest
-    order token its object has had at the sink since (stale check)."""
-    rows = conn.execute(Q["dead_letters_for_retry"], (dlq_id, dlq_id, sink, sink)).fetchall()
+    *,
+    routes: Routes | None = None,
+) -> int:
+    """Queue dead letters (those `which` names; None: all) for redelivery to `to`, any
+    configured sink (default: each one's own sink), inside the caller's transaction. Each
+    carries the newest order token its object has had at that sink since (the stale
+    check; `routes`: the sinks' rules, so what they kept away does not count as had). The
+    dead letters stay, marked as being retried, until the delivery loop finishes their
+    redelivery (queries.sql finish_retried_dead_letters). Returns how many were queued."""
+    letters = plan_dead_letter_retry(conn, which, to).letters
+    seqs_by_sink: dict[str, list[int]] = {}
+    for letter, target in letters:
+        seqs_by_sink.setdefault(target, []).append(letter.seq)
     newer: dict[tuple[str, int], str | None] = {}
-    by_sink: dict[str, list[int]] = {}
-    for _, row_sink, seq in rows:
-        by_sink.setdefault(row_sink, []).append(seq)
-    for row_sink, seqs in by_sink.items():
-        for seq, token in newer_tokens(conn, row_sink, seqs).items():
-            newer[(row_sink, seq)] = token
-    for done, (row_id, row_sink, seq) in enumerate(rows, 1):
+    for target, seqs in seqs_by_sink.items():
+        accept = functools.partial(routes, target) if routes else None
+        for seq, token in newer_tokens(conn, target, seqs, accept).items():
+            newer[(target, seq)] = token
+    for done, (letter, target) in enumerate(letters, 1):
         conn.execute(
             Q["requeue_dead_letter"],
-            {"sink": row_sink, "seq": seq, "newer": newer.get((row_sink, seq))},
+            {"sink": target, "seq": letter.seq, "newer": newer.get((target, letter.seq))},
         )
-        conn.execute(Q["delete_dead_letter"], (row_id,))
-        progress(done, len(rows))
-    return len(rows)
+        conn.execute(Q["mark_dead_letter_retrying"], {"id": letter.id, "sink": target})
+        progress(done, len(letters))
+    return len(letters)
 
 
 def newer_tokens(
@@ -164,23 +257,29 @@ def _ids(seqs: Sequence[int]) -> str:
 
 
 def retry_dead_letters(
-    conn: sqlite3.Connection, dlq_id: int | None, sink: str | None,
+    conn: sqlite3.Connection,
+    which: DeadLetterFilter | None,
+    to: str | None = None,
     progress: Progress = _no_progress,
-) -> int:  # fmt: skip
+    *,
+    routes: Routes | None = None,
+) -> int:
     with transaction(conn):
-        return retry_dead_letters_tx(conn, dlq_id, sink, progress)
+        return retry_dead_letters_tx(conn, which, to, progress, routes=routes)
 
 
-def purge_dead_letters_tx(conn: sqlite3.Connection, dlq_id: int | None, sink: str | None) -> int:
-    rows = conn.execute(Q["dead_letters_for_retry"], (dlq_id, dlq_id, sink, sink)).fetchall()
-    for row_id, _, _ in rows:
-        conn.execute(Q["delete_dead_letter"], (row_id,))
-    return len(rows)
+def purge_dead_letters_tx(conn: sqlite3.Connection, which: DeadLetterFilter | None) -> int:
+    """Delete the dead letters `which` names, whatever their state: a redelivery already
+    queued for one still goes ahead."""
+    letters = select_dead_letters(conn, which)
+    for letter in letters:
+        conn.execute(Q["delete_dead_letter"], {"id": letter.id})
+    return len(letters)
 
 
-def purge_dead_letters(conn: sqlite3.Connection, dlq_id: int | None, sink: str | None) -> int:
+def purge_dead_letters(conn: sqlite3.Connection, which: DeadLetterFilter | None) -> int:
     with transaction(conn):
-        return purge_dead_letters_tx(conn, dlq_id, sink)
+        return purge_dead_letters_tx(conn, which)
 
 
 # -- quarantine ---------------------------------------------------------------------------------
@@ -243,19 +342,34 @@ def drop_quarantined_tx(conn: sqlite3.Connection, qid: int) -> None:
     conn.execute(Q["delete_quarantine"], (qid,))
 
 
-def retry_quarantine(conn: sqlite3.Connection, qid: int | None) -> list[QuarantineRetry]:
+# RELAY_INGEST_EVENTS (relay/ingest.py IngestFilter.split): the events to store, and how
+# many were left out
+Select = Callable[[list[Event]], tuple[list[Event], int]]
+
+
+def retry_quarantine(
+    conn: sqlite3.Connection, qid: int | None, select: Select | None = None
+) -> list[QuarantineRetry]:
     """Parse quarantined bodies again (after a fix to the relay or a config change); those
-    that now parse become events and leave quarantine."""
+    that now parse become events (those `select` keeps, as ingest would) and leave
+    quarantine."""
     results = []
     for item in quarantine_ids(conn, qid):
         parsed = reparse_quarantined(conn, item)
         if isinstance(parsed, QuarantineRetry):
             results.append(parsed)
             continue
+        events, left_out = select(parsed) if select else (parsed, 0)
         with transaction(conn):
-            accepted = ingest_reparsed_tx(conn, item, parsed)
-        results.append(QuarantineRetry(item, True, f"{accepted} event(s) accepted"))
+            accepted = ingest_reparsed_tx(conn, item, events)
+        results.append(QuarantineRetry(item, True, ingested(accepted, left_out)))
     return results
+
+
+def ingested(accepted: int, left_out: int) -> str:
+    """What a quarantine retry did with a body that now parses."""
+    outside = f", {left_out} outside RELAY_INGEST_EVENTS not stored" if left_out else ""
+    return f"{accepted} event(s) accepted{outside}"
 
 
 # -- replay -------------------------------------------------------------------------------------

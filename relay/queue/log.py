@@ -830,6 +830,8 @@ def _settle(conn: sqlite3.Connection, s: Settlement) -> None:
     for seq in s.done:
         conn.execute(Q["delete_redelivery"], (s.sink, seq))
         conn.execute(Q["delete_retry"], (s.sink, seq))
+        # a dead letter retried to this sink leaves the dead letters now, not when queued
+        conn.execute(Q["finish_retried_dead_letters"], {"sink": s.sink, "seq": seq})
     for seq in s.park:
         conn.execute(Q["park"], {"sink": s.sink, "seq": seq})
     if s.cursor is not None:

@@ -53,6 +53,11 @@ def _sink_life_cycle(db: Database) -> None:
     db.execute(Q["create_log_state"])
 
 
+@MIGRATIONS(name="0006_dead_letter_retrying_to")
+def _dead_letter_retrying_to(db: Database) -> None:
+    db.execute(Q["add_dead_letter_retrying_to"])
+
+
 def migrate(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:

@@ -141,25 +141,55 @@ SELECT sink, count(*) FROM dead_letters GROUP BY sink;
 SELECT count(*) FROM quarantine;
 
 -- name: list_dead_letters
+-- A sink's dead letters (or every one) by position (`relay audit verify` reads them).
 SELECT d.id, d.sink, d.seq, d.attempts, d.error, d.at, e.event_name, e.bucket, e.key
 FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq
 WHERE (? IS NULL OR d.sink = ?) ORDER BY d.id LIMIT ?;
 
--- name: get_dead_letter
-SELECT d.id, d.sink, d.seq, d.attempts, d.error, d.at, e.event_id, e.event_name, e.bucket,
-       e.key, e.record
-FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq WHERE d.id = ?;
+-- name: select_dead_letters
+-- The dead letters an operator names (`relay dlq list|retry|purge`, the admin API), oldest
+-- first. Every filter that is not NULL must hold: :sink (any case), :bucket, :prefix of the
+-- decoded key, :since <= dead-lettered at < :until (unix seconds), :error a substring of the
+-- last error (any case). :limit -1 is no limit. The event's columns are NULL should its row
+-- be gone (retention keeps it; a repaired log may not have it).
+SELECT d.id, d.sink, d.seq, d.attempts, d.error, d.at, d.retrying_to,
+       e.event_name, e.bucket, e.key
+FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq
+WHERE (:id IS NULL OR d.id = :id)
+  AND (:sink IS NULL OR d.sink = :sink COLLATE NOCASE)
+  AND (:bucket IS NULL OR e.bucket = :bucket)
+  AND (:prefix IS NULL OR substr(e.key, 1, length(:prefix)) = :prefix)
+  AND (:since IS NULL OR d.at >= :since)
+  AND (:until IS NULL OR d.at < :until)
+  AND (:error IS NULL OR instr(lower(d.error), lower(:error)) > 0)
+ORDER BY d.id
+LIMIT :limit;
 
--- name: dead_letters_for_retry
-SELECT id, sink, seq FROM dead_letters
-WHERE (? IS NULL OR id = ?) AND (? IS NULL OR sink = ?);
+-- name: get_dead_letter
+SELECT d.id, d.sink, d.seq, d.attempts, d.error, d.at, d.retrying_to, e.event_id,
+       e.event_name, e.bucket, e.key, e.record
+FROM dead_letters d LEFT JOIN events e ON e.seq = d.seq WHERE d.id = :id;
 
 -- name: requeue_dead_letter
+-- A dead letter retried: its event is queued for :sink (its own sink or another), with the
+-- stale check's token of that sink.
 INSERT OR IGNORE INTO redeliveries (sink, seq, reason, newer)
 VALUES (:sink, :seq, 'dlq-retry', :newer);
 
+-- name: mark_dead_letter_retrying
+-- … and the dead letter stays, marked, until that redelivery is finished
+-- (finish_retried_dead_letters).
+UPDATE dead_letters SET retrying_to = :sink WHERE id = :id;
+
+-- name: finish_retried_dead_letters
+-- Run by the delivery settlement for every redelivery to :sink it finishes (Settlement.done:
+-- delivered, dropped as stale, or dead-lettered again): the dead letters of that event
+-- retried to :sink leave. One that failed again is replaced by the dead letter the same
+-- settlement writes for :sink, with the new error (that one is not marked, so it stays).
+DELETE FROM dead_letters WHERE seq = :seq AND retrying_to = :sink;
+
 -- name: delete_dead_letter
-DELETE FROM dead_letters WHERE id = ?;
+DELETE FROM dead_letters WHERE id = :id;
 
 -- name: list_quarantine
 SELECT id, received_at, source, reason, length(body) FROM quarantine ORDER BY id LIMIT ?;
@@ -353,3 +383,9 @@ SELECT c.sink AS sink, c.seq AS cursor, c.orphaned_at AS orphaned_at,
        (SELECT count(*) FROM dead_letters d WHERE d.sink = c.sink) AS dead_letters,
        (SELECT count(*) FROM redeliveries r WHERE r.sink = c.sink) AS redeliveries
 FROM cursors c WHERE c.orphaned_at IS NOT NULL ORDER BY c.sink;
+
+-- Schema version 6: a retried dead letter stays until its redelivery is finished, marked
+-- with the sink it is being retried to (NULL: waiting for an operator).
+
+-- name: add_dead_letter_retrying_to
+ALTER TABLE dead_letters ADD COLUMN retrying_to TEXT;

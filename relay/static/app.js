@@ -140,11 +140,15 @@ function renderDeadLetters(data) {
     cell(row, d.bucket === null ? "(event pruned)" : d.bucket + "/" + d.key, "key");
     cell(row, d.attempts, "num");
     cell(row, d.error, "error");
+    cell(row, d.state, "state");
     const action = document.createElement("td");
     action.appendChild(button("Retry", "retry", () => api("POST", "/admin/api/dlq/retry", { id: d.id })));
     action.appendChild(document.createTextNode(" "));
     action.appendChild(button("Purge", "purge", () => {
-      if (!window.confirm("Purge dead letter " + d.id + "? The event will not be delivered to " + d.sink + ".")) {
+      const consequence = d.retrying_to
+        ? "Its redelivery to " + d.retrying_to + ", already queued, still goes ahead."
+        : "The event will not be delivered to " + d.sink + ".";
+      if (!window.confirm("Purge dead letter " + d.id + "? " + consequence)) {
         return Promise.resolve();
       }
       return api("POST", "/admin/api/dlq/purge", { id: d.id });

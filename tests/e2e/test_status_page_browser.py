@@ -1,6 +1,6 @@
 """The status page in a real headless Chromium against a real relay process: the operator
-enters the admin token, sees a dead letter, presses its Retry button, and the event reaches
-the receiver. A screenshot of the page is kept in test-artifacts/."""
+enters the admin token, sees a dead letter and its state, presses its Retry button, and the
+event reaches the receiver. A screenshot of the page is kept in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ async def test_status_page_retries_a_dead_letter_in_a_real_browser(
     await page.wait_for(f"{rows('dlq')} === 1")
     dlq_row = await page.evaluate(text("#dlq-body tr"))
     assert "photos/2024/cat 1.jpg" in dlq_row and "HTTP 400" in dlq_row, dlq_row
+    assert "waiting" in dlq_row, dlq_row
     await page.wait_for(f"{text('#sinks-body tr')}.includes('webhook:main')")
     sink_row = await page.evaluate(text("#sinks-body tr"))
     assert "up" in sink_row, sink_row
@@ -100,11 +101,12 @@ async def test_status_page_retries_a_dead_letter_in_a_real_browser(
     assert any("/admin/api/dlq" in url for url in page.requested)
     assert not [url for url in page.requested if ADMIN in url]
 
-    # Retry: the receiver now takes it, and the page's dead-letter list empties
+    # Retry: the receiver now takes it; the dead letter is no longer waiting
     await page.click("#dlq-body tr button.retry")
     got = await receiver.wait_for(2)
     assert got[-1].json()["Key"] == "photos/2024/cat 1.jpg"
-    await page.wait_for(f"{rows('dlq')} === 0")
+    assert all(d["state"] == "being retried to webhook:main" for d in await dead_letters(relay))
+    await page.wait_for(f"{rows('dlq')} === 0")  # delivered: no longer a dead letter
     assert await page.evaluate("!document.getElementById('dlq-empty').hidden")
     assert await dead_letters(relay) == []
 
