@@ -50,7 +50,7 @@ def load_config(env: Mapping[str, str]) -> Config:
     Touches nothing on disk."""
     settings = load_settings(env)
     admin_api.check(settings)
-    specs, warnings = load_sinks(env, sinks.declared_options())
+    specs, warnings = load_sinks(env, sinks.declared_options(), settings)
     router = load_router(env, settings, [s.name for s in specs])
     warnings += router.warnings
     warnings += list(ingest.ingest_warnings(settings))

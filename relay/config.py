@@ -542,6 +542,8 @@ class SinkSpec:
     options: dict[str, Any]
     variables: dict[str, str] = field(default_factory=dict)  # option key → env var it came from
     declared: tuple[Option, ...] = ()
+    # the relay-wide settings, for the few a sink reads (RELAY_EXPECTED_PRINCIPALS)
+    relay: Settings | None = None
 
     @property
     def name(self) -> str:
@@ -606,7 +608,9 @@ class _Instance:
 
 
 def load_sinks(
-    env: Mapping[str, str], types: Mapping[str, Sequence[Option]]
+    env: Mapping[str, str],
+    types: Mapping[str, Sequence[Option]],
+    settings: Settings | None = None,
 ) -> tuple[list[SinkSpec], list[str]]:
     """Sinks declared in env. `types` maps a sink type to its own options (COMMON_OPTIONS are
     added). Returns (specs, warnings)."""
@@ -654,7 +658,7 @@ def load_sinks(
                 " and is not created"
             )
             continue
-        spec = _make_spec(type_name, ident, raw, sink_options(types[type_name]))
+        spec = _make_spec(type_name, ident, raw, sink_options(types[type_name]), settings)
         if not spec.options["enable"]:
             continue
         enable_var = raw["enable"][1]
@@ -680,7 +684,11 @@ def _split_key(rest: str, options: Sequence[Option]) -> tuple[str | None, str | 
 
 
 def _make_spec(
-    type_name: str, ident: str, raw: dict[str, tuple[str, str]], options: Sequence[Option]
+    type_name: str,
+    ident: str,
+    raw: dict[str, tuple[str, str]],
+    options: Sequence[Option],
+    settings: Settings | None = None,
 ) -> SinkSpec:
     values: dict[str, Any] = {}
     variables: dict[str, str] = {}
@@ -691,7 +699,7 @@ def _make_spec(
             variables[option.key] = variable
         else:
             values[option.key] = option.default
-    spec = SinkSpec(type_name, ident, values, variables, tuple(options))
+    spec = SinkSpec(type_name, ident, values, variables, tuple(options), settings)
     if values["enable"]:
         for option in options:
             if option.required and not values[option.key]:

@@ -130,7 +130,7 @@ class AuditBucketSink:
                 raise ConfigError(f"{spec.variable('tls_ca')}: cannot read: {exc}") from None
         self.writer = auditlog.AuditWriter(
             self.name, self.prefix, config.compression, config.concurrency,
-            auditlog.expected_principals(), auditlog.remembered(config),
+            auditlog.expected_principals(spec.relay), auditlog.remembered(config),
         )  # fmt: skip
         self.store: S3Store | None = None
 

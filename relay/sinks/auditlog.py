@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import os
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +30,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from relay import metrics
-from relay.config import ConfigError, Duration, Key, SinkConfig, Size, parse_list
+from relay.config import ConfigError, Duration, Key, Settings, SinkConfig, Size
 from relay.queue.log import LogEntry
 from relay.sinks.base import DeliveryError, Permanent, Result, Retryable, describe
 
@@ -39,7 +38,6 @@ EXTENSION = ".ndjson"
 GZIP_EXTENSION = ".ndjson.gz"
 CONTENT_TYPE = "application/x-ndjson"
 GZIP_CONTENT_TYPE = "application/gzip"
-EXPECTED_PRINCIPALS_ENV = "RELAY_EXPECTED_PRINCIPALS"
 EMPTY_BUCKET = "_"  # the name segment of events that name no bucket (some audit entries)
 
 
@@ -155,10 +153,9 @@ def remembered(config: AuditConfig) -> int:
     return 2 * (config.max_parked + config.batch_size)
 
 
-def expected_principals(env: Any = None) -> frozenset[str] | None:
+def expected_principals(settings: Settings | None) -> frozenset[str] | None:
     """RELAY_EXPECTED_PRINCIPALS as a set, or None when it is not set (no line is marked)."""
-    raw = (os.environ if env is None else env).get(EXPECTED_PRINCIPALS_ENV, "")
-    names = parse_list(raw)
+    names = settings.expected_principals if settings is not None else ()
     return frozenset(names) if names else None
 
 
@@ -205,6 +202,8 @@ def line(entry: LogEntry, expected: frozenset[str] | None = None) -> bytes:
         "request_id": e.request_id,
         "received_at": rfc3339(entry.received_at),
     }
+    if e.objects:  # a multi-object request (DeleteObjects): the objects it acted on
+        fields["objects"] = list(e.objects)
     if expected is not None:
         fields["unexpected_principal"] = is_unexpected(e.principal, expected)
     return _json.encode(fields)[:-1] + b',"record":' + record_bytes(e.record) + b"}"

@@ -32,6 +32,7 @@ from relay.config import load_sinks
 from relay.events import Event, parse_body
 from relay.queue import stats
 from relay.queue.log import LogEntry
+from relay.rules import Rule
 from relay.sinks import auditlog
 from relay.sinks.base import Retryable
 from tests.support.bodies import minio_body
@@ -391,9 +392,8 @@ async def test_events_about_the_audit_bucket_itself_are_not_written(
 
 
 async def test_unexpected_principals_are_marked_and_counted(
-    tmp_path: Path, ceph: Ceph, s3: S3, bucket: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ceph: Ceph, s3: S3, bucket: str
 ) -> None:
-    monkeypatch.setenv("RELAY_EXPECTED_PRINCIPALS", "minioadmin, backup-agent")
     source = unique("ledger")
     events = [
         event_by("minioadmin", source, "a", 1),
@@ -402,7 +402,9 @@ async def test_unexpected_principals_are_marked_and_counted(
         event_by("AKIAINTRUDER", source, "d", 4),
     ]
     async with asyncio.timeout(30):
-        async with pipeline(tmp_path, env(ceph.endpoint, bucket, ceph)) as pipe:
+        config = {**env(ceph.endpoint, bucket, ceph),
+                  "RELAY_EXPECTED_PRINCIPALS": "minioadmin, backup-agent"}  # fmt: skip
+        async with pipeline(tmp_path, config) as pipe:
             await pipe.append(events)
             await pipe.settled()
         found = await objects(s3, bucket)
@@ -648,3 +650,31 @@ def _assert_metric(name: str, labels: dict[str, str], value: float) -> None:
     sample = metrics.REGISTRY.get_sample_value(name, labels)
     if hasattr(metrics, "AUDIT_SELF_EVENTS"):
         assert sample == value, (name, labels, sample)
+
+
+async def test_a_bulk_delete_reaches_the_trail_through_a_rule_on_one_object_naming_all(
+    tmp_path: Path, ceph: Ceph, s3: S3, bucket: str
+) -> None:
+    """MinIO's DeleteObjects audit entry (senders.md §4.5: api.objects[].objectName) of three
+    objects, one under the rule's prefix: it reaches the sink, and its line names all three,
+    the record an auditor looks for."""
+    entry = {
+        "version": "1", "deploymentid": "d", "time": "2026-03-04T10:11:12.345Z", "event": "",
+        "trigger": "incoming",
+        "api": {"name": "DeleteObjects", "bucket": "reports", "status": "OK", "statusCode": 200,
+                "objects": [{"objectName": "q1/a.pdf"}, {"objectName": "q2/é.pdf"},
+                            {"objectName": "q3/c.csv", "versionId": "v1"}]},
+        "remotehost": "198.51.100.7", "requestID": "184A2B7C9D0E0042", "accessKey": "ops",
+    }  # fmt: skip
+    (bulk,) = parse_body(json.dumps(entry).encode(), {}, "minio").events
+    outside = event_by("ops", "reports", "q9/x.pdf", 1)  # no object under q2/: not routed
+    rule = Rule("q2", prefix="q2/", sinks=(SINK,))
+    async with asyncio.timeout(30):
+        async with pipeline(tmp_path, env(ceph.endpoint, bucket, ceph), rules=[rule]) as pipe:
+            await pipe.append([bulk, outside])
+            await pipe.settled()
+        found = await objects(s3, bucket)
+    got = [f for body in found.values() for f, _ in lines(body)]
+    assert [(f["event_name"], f["objects"]) for f in got] == [
+        ("s3:Audit:DeleteObjects", ["q1/a.pdf", "q2/é.pdf", "q3/c.csv"])
+    ]

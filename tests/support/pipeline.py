@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay import sinks
-from relay.config import load_sinks
+from relay.config import load_settings, load_sinks
 from relay.delivery.dispatcher import Dispatcher, Policy
 from relay.events import Event, parse_body
 from relay.queue import stats
 from relay.queue.log import Log
-from relay.rules import Router
+from relay.rules import Router, Rule
 from relay.sinks import redact
 from relay.sinks.base import Sink
 from tests.support.bodies import minio_body
@@ -54,10 +54,12 @@ class Pipeline:
 
 @asynccontextmanager
 async def pipeline(
-    tmp_path: Path, env: dict[str, str], *, start: bool = True
+    tmp_path: Path, env: dict[str, str], *, start: bool = True, rules: Sequence[Rule] = ()
 ) -> AsyncIterator[Pipeline]:
-    """`env` declares exactly one sink, as an operator would (RUSTFS_NOTIFY_…)."""
-    specs, warnings = load_sinks(env, sinks.declared_options())
+    """`env` declares exactly one sink, as an operator would (RUSTFS_NOTIFY_…); `rules`
+    route events to it (none: every event)."""
+    # the relay-wide settings a sink reads (RELAY_EXPECTED_PRINCIPALS) come from `env` too
+    specs, warnings = load_sinks(env, sinks.declared_options(), load_settings(env))
     assert len(specs) == 1, (specs, warnings)
     spec = specs[0]
     sink = sinks.create(spec)
@@ -66,7 +68,7 @@ async def pipeline(
     log.set_sinks([spec.name])
     await log.init_cursors([spec.name])
     dispatcher = Dispatcher(
-        sink, log, Router([], [spec.name]), Policy.from_spec(spec, sink), redact.for_spec(spec)
+        sink, log, Router(rules, [spec.name]), Policy.from_spec(spec, sink), redact.for_spec(spec)
     )
     task = asyncio.create_task(dispatcher.run()) if start else None
     try:

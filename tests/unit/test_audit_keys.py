@@ -18,7 +18,7 @@ import pytest
 
 from relay import sinks
 from relay.audit import Report, verify
-from relay.config import COMMON_OPTIONS, ConfigError, load_sinks, options_of
+from relay.config import COMMON_OPTIONS, ConfigError, load_settings, load_sinks, options_of
 from relay.queue.log import Log, LogEntry, Settlement
 from relay.sinks import audit_bucket, auditlog
 from relay.sinks.auditlog import AuditObject, AuditWriter, batch_objects, parse_name
@@ -64,8 +64,9 @@ def test_unexpected_principal_is_marked_only_when_principals_are_configured() ->
     assert json.loads(auditlog.line(entry, frozenset({"backup"})))["unexpected_principal"] is True
     entry.event.principal = None  # lifecycle, replication: nobody's doing
     assert json.loads(auditlog.line(entry, frozenset({"backup"})))["unexpected_principal"] is False
-    assert auditlog.expected_principals({"RELAY_EXPECTED_PRINCIPALS": " a, b ,"}) == {"a", "b"}
-    assert auditlog.expected_principals({}) is None
+    settings = load_settings({"RELAY_EXPECTED_PRINCIPALS": " a, b ,"})
+    assert auditlog.expected_principals(settings) == {"a", "b"}
+    assert auditlog.expected_principals(load_settings({})) is None
 
 
 def test_a_pretty_printed_record_stays_on_one_line_and_means_the_same() -> None:

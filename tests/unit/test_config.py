@@ -151,3 +151,21 @@ def test_delivery_policy_of_a_sink_that_gives_format_its_own_values() -> None:
     )  # fmt: skip
     policy = Policy.from_spec(spec)
     assert (policy.concurrency, policy.batch_size) == (3, 1000)
+
+
+def test_no_setting_is_read_from_the_environment_behind_the_declared_options() -> None:
+    """Every setting goes through relay/config.py, so `relay check`, the reference and the
+    errors know it: elsewhere the environment is only handed to load_settings/load_config."""
+    import re
+    from pathlib import Path
+
+    direct = re.compile(r"os\.environ(\.get\(|\[)|os\.getenv\(")
+    root = Path(__file__).parents[2] / "relay"
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for path in root.rglob("*.py")
+        if path.name != "config.py"
+        for n, text in enumerate(path.read_text().splitlines(), 1)
+        if direct.search(text)
+    ]
+    assert found == []

@@ -68,7 +68,7 @@ class NatsObjectsSink:
         self.prefix = auditlog.normalise_prefix(config.prefix, spec.variable("prefix"))
         self.writer = auditlog.AuditWriter(
             self.name, self.prefix, config.compression, config.concurrency,
-            auditlog.expected_principals(), auditlog.remembered(config),
+            auditlog.expected_principals(spec.relay), auditlog.remembered(config),
         )  # fmt: skip
         # the relay never writes while disconnected, so the reconnect buffer stays small
         pending = max(2 * 1024**2, 2 * config.batch_bytes)
