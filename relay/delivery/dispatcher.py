@@ -360,8 +360,14 @@ class Dispatcher:
             retry=retry_if_result(unfinished_left),
             retry_error_callback=lambda state: None,
         )
+        first = True
         async for attempt in retrying:
             with attempt:
+                if not first:  # what the target acknowledged behind a failure goes again now
+                    again = sum(1 for i in todo if results[i] is None)
+                    if again:
+                        metrics.RESENDS.labels(self.name).inc(again)
+                first = False
                 for i, result in zip(todo, await self._send_once([batch[i] for i in todo])):
                     results[i] = result
                 todo = unfinished(batch, results)
