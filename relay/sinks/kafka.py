@@ -31,6 +31,10 @@ dropped one is closed in the background without flushing, under a timeout (aioka
 session, so a resend after that (or after a relay restart) can write an event twice:
 consumers drop repeats by the `event-id` header. Record too large, invalid topic and topic
 authorisation errors are permanent (dead letter); everything else is retried.
+
+Tested against Tansu, a real Kafka-protocol broker written independently of Apache Kafka
+(with `ACKS=1`: it grants no producer ids), and librdkafka's mock cluster (the idempotent
+producer, broker errors injected on demand): tests/integration/test_kafka_sink.py.
 """
 
 from __future__ import annotations
