@@ -14,7 +14,8 @@ same, and is here:
   with the last error;
 - `drop(reason)` throws a broken client away: it is closed in the background, bounded by
   the timeout, never awaited by a send (several libraries hang closing while their target
-  is down: aiokafka#1101);
+  is down: aiokafka#1101); `discard(client)` does the same for a client an `open_` made
+  before it failed;
 - `close()` closes the client at shutdown, bounded too.
 """
 
@@ -108,6 +109,11 @@ class Connection(Generic[T]):
         if reason:
             log.warning("connection dropped; the next batch opens a new one",
                         extra={"sink": self.sink, "reason": reason})  # fmt: skip
+        self.discard(client)
+
+    def discard(self, client: T) -> None:
+        """Close a client in the background, bounded, without it ever being used: what an
+        `open_` that failed half-way (connected, then refused) does with what it made."""
         task = asyncio.get_running_loop().create_task(self._close_quietly(client))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
