@@ -244,16 +244,7 @@ class AmqpSink:
         return Retryable(f"cannot connect to {self.where}: {describe(exc)}")
 
     async def _link(self) -> _Link:
-        link = await self.connection.get()
-        if link.broken:
-            self._drop(link, "connection or channel closed")
-            link = await self.connection.get()
-        return link
-
-    def _drop(self, link: _Link, reason: str) -> None:
-        # another lane may have replaced it already
-        if self.connection.client is link:
-            self.connection.drop(reason)
+        return await self.connection.get(broken=lambda link: link.broken)
 
     async def start(self) -> None:
         await self._link()
@@ -293,10 +284,10 @@ class AmqpSink:
         except amqp_errors.DeliveryError as exc:  # basic.nack / reject
             raise Retryable(f"the broker refused the message: {describe(exc)}") from None
         except TimeoutError:
-            self._drop(link, "no confirmation in time")
+            self.connection.drop("no confirmation in time", client=link)
             raise Retryable(f"no confirmation from {self.where} within {self.timeout:g}s") from None
         except amqp_errors.ChannelNotFoundEntity:  # the exchange went away: channel closed
-            self._drop(link, "exchange gone")
+            self.connection.drop("exchange gone", client=link)
             raise Retryable(
                 f"{self._exchange_text()} does not exist: create it, or set DECLARE_EXCHANGE=on"
             ) from None
@@ -305,7 +296,7 @@ class AmqpSink:
             amqp_errors.ChannelInvalidStateError,
             ConnectionError,
         ) as exc:
-            self._drop(link, type(exc).__name__)
+            self.connection.drop(type(exc).__name__, client=link)
             raise Retryable(describe(exc)) from None
 
     async def close(self) -> None:

@@ -64,8 +64,14 @@ class Connection(Generic[T]):
         self._closing: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
 
-    async def get(self) -> T:
+    async def get(self, broken: Callable[[T], bool] | None = None) -> T:
+        """The client, opened if need be. `broken` tells a client that was lost since its
+        last use (a closed channel, a session whose keep-alive expired): it is dropped and
+        a new one opened at once."""
         client = self.client
+        if client is not None and broken is not None and broken(client):
+            self.drop("connection lost", client=client)
+            client = None
         if client is not None:
             return client
         async with self._lock:  # lanes of one batch share one open
@@ -100,8 +106,12 @@ class Connection(Generic[T]):
         self._last_error = error
         raise exc if exc is not None else Retryable(error)
 
-    def drop(self, reason: str | None = None) -> None:
-        """Throw the client away (it broke); the next `get()` opens a new one."""
+    def drop(self, reason: str | None = None, *, client: T | None = None) -> None:
+        """Throw the client away (it broke); the next `get()` opens a new one. With
+        `client`, only if it is still the current one: of several lanes that saw it break,
+        the first drops it, and the others leave the new one alone."""
+        if client is not None and self.client is not client:
+            return
         client, self.client = self.client, None
         if client is None:
             return

@@ -145,18 +145,9 @@ class MqttSink:
         return _Session(client, asyncio.create_task(_until_disconnected(client)))
 
     async def _session(self) -> _Session:
-        session = await self.connection.get()
-        if session.lost.done():
-            # lost since the last event (broker restart, keep-alive expiry): publishing on
-            # it would only fail; a new connection, at once
-            self._drop(session, "connection lost")
-            session = await self.connection.get()
-        return session
-
-    def _drop(self, session: _Session, reason: str) -> None:
-        # another lane may have replaced it already
-        if self.connection.client is session:
-            self.connection.drop(reason)
+        # lost since the last event (broker restart, keep-alive expiry): publishing on it
+        # would only fail; a new connection, at once
+        return await self.connection.get(broken=lambda session: session.lost.done())
 
     async def start(self) -> None:
         await self._session()
@@ -194,7 +185,7 @@ class MqttSink:
             reason = f"no acknowledgement within {self.timeout:g}s"
         # the connection is suspect (closed, or acknowledgements stopped): a new one on the
         # next attempt; the old client and whatever paho queued go with it
-        self._drop(session, reason)
+        self.connection.drop(reason, client=session)
         raise Retryable(f"publish to {self.where} failed: {reason}")
 
     async def close(self) -> None:
