@@ -154,7 +154,8 @@ def expected_events(
     first = conn.execute(Q["oldest_after"], (0,)).fetchone()
     report.oldest_in_log = float(first[0]) if first else None
     dead = {int(r[2]) for r in conn.execute(Q["list_dead_letters"], (sink, sink, -1))}
-    queued = {int(r[0]) for r in conn.execute(Q["redeliveries_for"], (sink, -1))}
+    # queued again or parked: not delivered yet
+    queued = {int(r[0]) for r in conn.execute(Q["redelivery_seqs"], {"sink": sink})}
     rows = conn.execute(
         Q["replay_select"], (report.since, report.until, None, None, None, None, None)
     )

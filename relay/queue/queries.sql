@@ -33,6 +33,11 @@ SELECT e.seq, e.received_at, e.event_id, e.source, e.dialect, e.event_name, e.bu
 FROM redeliveries r JOIN events e ON e.seq = r.seq
 WHERE r.sink = ? AND r.reason != 'parked' ORDER BY r.seq LIMIT ?;
 
+-- name: redelivery_seqs
+-- Every event a sink is still to be handed outside its cursor's order (queued again, or
+-- parked): not delivered yet.
+SELECT seq FROM redeliveries WHERE sink = :sink;
+
 -- name: parked_for
 -- A sink's parked events (each waits for an earlier event of its object), with the retry
 -- schedule of those that head their object's queue.
