@@ -18,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import hmac
 import json
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
@@ -35,8 +32,8 @@ from aiohttp import web
 from relay import ingest, metrics, tail
 from relay.config import ConfigError, Settings
 from relay.delivery.dispatcher import Dispatcher
-from relay.queue import admin, stats
-from relay.queue.log import Log
+from relay.queue import admin
+from relay.queue.backend import LogBackend
 
 log = logging.getLogger("relay.admin")
 
@@ -44,8 +41,6 @@ RATE_WINDOW = 10.0  # seconds the delivery rate is measured over
 SAMPLE_EVERY = 1.0
 LIST_LIMIT = 100  # default and …
 MAX_LIST_LIMIT = 10_000  # … largest `limit` of a list
-REDELIVERY_CHUNK = 5_000  # redeliveries queued per writer transaction (a big replay)
-READER_THREADS = 2
 
 STATIC_FILES = {
     "index.html": "text/html",
@@ -105,27 +100,19 @@ def delivered_totals() -> dict[str, float]:
 
 class Admin:
     def __init__(
-        self, settings: Settings, event_log: Log, dispatchers: Mapping[str, Dispatcher]
+        self, settings: Settings, event_log: LogBackend, dispatchers: Mapping[str, Dispatcher]
     ) -> None:
         self.settings = settings
         self.log = event_log
         self.dispatchers = dispatchers
         self.tokens = [t.encode() for t in settings.admin_tokens]
-        self.pool = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="relay-admin")
-        self.hub = tail.Hub(event_log, self.read)
+        self.hub = tail.Hub(event_log)
         self.rates = DeliveryRates(list(dispatchers))
         self.static = {
             name: resources.files("relay").joinpath("static", name).read_bytes()
             for name in STATIC_FILES
         }
         self._tasks: list[asyncio.Task[None]] = []
-
-    async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """`fn(conn)` on one of the API's reader threads, with the log's read-only
-        connection of that thread (the same connections as `Log.read`, on threads of their
-        own so the API never queues behind the dispatchers' reads)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(self.log.reader()))
 
     async def start(self, app: web.Application) -> None:
         self.hub.start()
@@ -138,9 +125,6 @@ class Admin:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def cleanup(self, app: web.Application) -> None:
-        self.pool.shutdown(wait=True)
 
     def authorised(self, request: web.Request) -> bool:
         scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
@@ -180,7 +164,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def mount(
     app: web.Application,
     settings: Settings,
-    event_log: Log,
+    event_log: LogBackend,
     dispatchers: Mapping[str, Dispatcher],
 ) -> None:
     """Add `/admin/` to the ingest app (before the server starts). Its routes are more
@@ -194,7 +178,6 @@ def mount(
     app[ADMIN_KEY] = a
     app.on_startup.append(a.start)
     app.on_shutdown.append(a.shutdown)
-    app.on_cleanup.append(a.cleanup)
     router.add_get("/admin", redirect)
     router.add_get("/admin/", page)
     router.add_get("/admin/static/{name}", static)
@@ -367,13 +350,10 @@ async def sinks(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     names = list(a.dispatchers)
 
-    def read(
-        conn: sqlite3.Connection,
-    ) -> tuple[list[stats.SinkStats], dict[str, int], int, list[stats.Orphan]]:
-        return ([stats.sink_stats(conn, n) for n in names], stats.dead_letter_counts(conn),
-                stats.quarantine_count(conn), stats.orphans(conn))  # fmt: skip
-
-    per_sink, dead, quarantined, orphans = await a.read(read)
+    per_sink, dead, quarantined, orphans = await asyncio.gather(
+        a.log.sink_stats(names), a.log.dead_letter_counts(), a.log.quarantine_count(),
+        a.log.orphans(),
+    )  # fmt: skip
     now = time.time()
     totals = delivered_totals()
     out = []
@@ -426,14 +406,14 @@ def _dead_letter_body(d: admin.DeadLetter) -> dict[str, Any]:
 async def dlq_list(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     which, limit = _dead_letter_filter(request.query), _limit(request)
-    rows = await a.read(lambda conn: admin.list_dead_letters(conn, which, limit))
+    rows = await a.log.dead_letters(which, limit)
     return _json({"dead_letters": [_dead_letter_body(d) for d in rows]})
 
 
 async def dlq_show(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     dlq_id = int(request.match_info["id"])
-    return _json(await a.read(lambda conn: admin.show_dead_letter(conn, dlq_id)))
+    return _json(await a.log.dead_letter(dlq_id))
 
 
 async def dlq_retry(request: web.Request) -> web.Response:
@@ -445,13 +425,10 @@ async def dlq_retry(request: web.Request) -> web.Response:
     to_name = _str(body.get("to"), "to")
     to = a.dispatcher(to_name).name if to_name else None
     if body.get("dry_run") is True:
-        plan = await a.read(lambda conn: admin.plan_dead_letter_retry(conn, which, to))
-        per_sink = plan.by_sink()
+        per_sink = (await a.log.plan_dead_letter_retry(which, to)).by_sink()
         return _json({"dry_run": True, "would_retry": sum(per_sink.values()), "to": per_sink})
     routes = _routes(a)
-    n = await a.log.write(
-        lambda conn: admin.retry_dead_letters_tx(conn, which, to, routes=routes), wakes=True
-    )
+    n = await a.log.retry_dead_letters(which, to, routes)
     if n:
         log.info("dead letters queued for redelivery (admin API)",
                  extra={"count": n, "selection": _shown(which), "to": to})  # fmt: skip
@@ -463,9 +440,9 @@ async def dlq_purge(request: web.Request) -> web.Response:
     body = await _body(request)
     which = _dead_letters(body)
     if body.get("dry_run") is True:
-        rows = await a.read(lambda conn: admin.select_dead_letters(conn, which))
+        rows = await a.log.dead_letters(which)
         return _json({"dry_run": True, "would_purge": len(rows)})
-    n = await a.log.write(lambda conn: admin.purge_dead_letters_tx(conn, which))
+    n = await a.log.purge_dead_letters(which)
     if n:
         log.info("dead letters purged (admin API)",
                  extra={"count": n, "selection": _shown(which)})  # fmt: skip
@@ -490,7 +467,7 @@ def _shown(which: admin.DeadLetterFilter) -> dict[str, Any]:
 async def quarantine_list(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     limit = _limit(request)
-    rows = await a.read(lambda conn: admin.list_quarantine(conn, limit))
+    rows = await a.log.quarantined(limit)
     keys = ("id", "received_at", "source", "reason", "size")
     return _json({"quarantine": [dict(zip(keys, row)) for row in rows]})
 
@@ -498,25 +475,16 @@ async def quarantine_list(request: web.Request) -> web.Response:
 async def quarantine_show(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     qid = int(request.match_info["id"])
-    return _json(await a.read(lambda conn: admin.show_quarantine(conn, qid)))
+    return _json(await a.log.quarantined_body(qid))
 
 
 async def quarantine_retry(request: web.Request) -> web.Response:
-    """Each body is parsed again on a reader thread; the events of one that now parses go
-    into the log through the writer, as ingest's do, and then it leaves quarantine."""
+    """Each body parsed again; the events of one that now parses go into the log as
+    ingest's do (RELAY_INGEST_EVENTS applied), and it leaves quarantine."""
     a = request.app[ADMIN_KEY]
-    select = request.app[ingest.FILTER_KEY]  # RELAY_INGEST_EVENTS, as ingest applies it
+    select = request.app[ingest.FILTER_KEY]
     qid = _selection(await _body(request))
-    results = []
-    for item in await a.read(lambda conn: admin.quarantine_ids(conn, qid)):
-        parsed = await a.read(functools.partial(admin.reparse_quarantined, qid=item))
-        if isinstance(parsed, admin.QuarantineRetry):
-            results.append(parsed)
-            continue
-        events, left_out = select.split(parsed) if select else (parsed, 0)
-        accepted = (await a.log.append(events)).accepted if events else 0
-        await a.log.write(functools.partial(admin.drop_quarantined_tx, qid=item))
-        results.append(admin.QuarantineRetry(item, True, admin.ingested(accepted, left_out)))
+    results = await a.log.retry_quarantine(qid, select.split if select else None)
     return _json({"results": [dataclasses.asdict(r) for r in results]})
 
 
@@ -535,8 +503,7 @@ def _when(value: Any, name: str, now: float) -> float | None:
 
 async def replay(request: web.Request) -> web.Response:
     """Queue events of the log for redelivery to a sink: the one that had them, or any
-    other (a backfill). The selection runs on a reader thread; the redeliveries are queued
-    in writer transactions of REDELIVERY_CHUNK events."""
+    other (a backfill)."""
     a = request.app[ADMIN_KEY]
     body = await _body(request)
     name = _str(body.get("sink"), "sink")
@@ -553,22 +520,11 @@ async def replay(request: web.Request) -> web.Response:
     def accept(entry: Any) -> bool:
         return ignore_rules or router.matches(sink, entry.event)
 
-    def select(conn: sqlite3.Connection) -> tuple[list[int], dict[int, str | None]]:
-        seqs = admin.replay_selection(conn, since, until, bucket, prefix, accept)
-        return seqs, admin.newer_tokens(conn, sink, seqs, accept)
-
-    seqs, newer = await a.read(select)
-    queued = 0
-    for start in range(0, len(seqs), REDELIVERY_CHUNK):
-        chunk = seqs[start : start + REDELIVERY_CHUNK]
-        queued += await a.log.write(
-            functools.partial(admin.queue_redeliveries_tx, sink=sink, seqs=chunk, newer=newer),
-            wakes=True,
-        )
+    selected, queued = await a.log.replay(sink, since, until, bucket, prefix, accept)
     log.info("replay queued (admin API)",
-             extra={"sink": sink, "selected": len(seqs), "queued": queued,
+             extra={"sink": sink, "selected": selected, "queued": queued,
                     "ignore_rules": ignore_rules})  # fmt: skip
-    return _json({"sink": sink, "selected": len(seqs), "queued": queued})
+    return _json({"sink": sink, "selected": selected, "queued": queued})
 
 
 # -- live tail ------------------------------------------------------------------------------------

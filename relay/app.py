@@ -8,9 +8,10 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -25,7 +26,8 @@ from relay.config import (
 )
 from relay.datadir import DataDirLock
 from relay.delivery.dispatcher import Dispatcher, Policy
-from relay.queue import fsck
+from relay.queue import admin, fsck
+from relay.queue.backend import LogBackend
 from relay.queue.fsck import LogDamaged
 from relay.queue.log import Log
 from relay.rules import Router, rules_from_env, rules_from_toml
@@ -33,6 +35,7 @@ from relay.sinks import redact
 from relay.sinks.base import Sink
 
 log = logging.getLogger("relay")
+T = TypeVar("T")
 
 DB_NAME = "relay.db"
 
@@ -69,16 +72,32 @@ def load_router(env: Mapping[str, str], settings: Settings, sink_names: list[str
     return Router(rules, sink_names)
 
 
-def open_log(settings: Settings) -> Log:
+def open_log(settings: Settings, *, client: bool = False) -> LogBackend:
+    """The log (not opened yet). `client`: for an operator's command next to a running relay
+    (no integrity check, no pruning: the relay does those)."""
+    path = Path(settings.data_dir) / DB_NAME
+    if client and not path.exists():
+        raise admin.AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")
     return Log(
-        Path(settings.data_dir) / DB_NAME,
+        path,
         sync=settings.sync,
         retention=settings.retention,
         max_events=settings.max_events,
         max_bytes=settings.max_bytes,
         min_free_bytes=settings.min_free_bytes,
         check=settings.log_check,
+        client=client,
     )
+
+
+async def operate(settings: Settings, action: Callable[[LogBackend], Awaitable[T]]) -> T:
+    """Run an operator's action on the log (the CLI), next to a running relay or not."""
+    event_log = open_log(settings, client=True)
+    event_log.open()
+    try:
+        return await action(event_log)
+    finally:
+        await event_log.close()
 
 
 def build_sinks(config: Config) -> list[Sink]:
@@ -116,7 +135,7 @@ async def _serve(
     except LogDamaged as exc:
         if settings.on_damage != "set-aside":
             raise
-        moved = fsck.set_aside(event_log.path)
+        moved = fsck.set_aside(Path(settings.data_dir) / DB_NAME)
         log.error("log damaged: set aside, starting a new log",
                   extra={"error": str(exc), "damaged_copy": str(moved)})  # fmt: skip
         event_log = open_log(settings)

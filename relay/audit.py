@@ -22,13 +22,11 @@ import datetime as dt
 import gzip
 import hashlib
 import os
-import sqlite3
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -37,8 +35,8 @@ from relay import app, sinks
 from relay.config import ConfigError, SinkSpec, parse_duration
 from relay.progress import Bar
 from relay.queue import admin
-from relay.queue.log import LogEntry, entry_from_row
-from relay.queue.queries import Q
+from relay.queue.backend import LogBackend
+from relay.queue.log import LogEntry
 from relay.sinks import auditlog, redact
 from relay.sinks.base import DeliveryError, exc_text
 
@@ -139,29 +137,21 @@ class Report:
 # -- what the log says --------------------------------------------------------------------------
 
 
-def expected_events(
-    conn: sqlite3.Connection,
+async def expected_events(
+    log: LogBackend,
     report: Report,
     routed: Callable[[LogEntry], bool],
     dropped: Callable[[LogEntry], bool],
 ) -> dict[str, Expected]:
     """The events of [since, until) the sink has taken, by event id; counts the rest."""
     sink = report.sink
-    row = conn.execute(Q["get_cursor"], (sink,)).fetchone()
-    if row is None:
-        raise admin.AdminError(f"the log has no cursor for {sink}: has the relay run with it?")
-    report.cursor = int(row[0])
-    first = conn.execute(Q["oldest_after"], (0,)).fetchone()
-    report.oldest_in_log = float(first[0]) if first else None
-    dead = {int(r[2]) for r in conn.execute(Q["list_dead_letters"], (sink, sink, -1))}
-    # queued again or parked: not delivered yet
-    queued = {int(r[0]) for r in conn.execute(Q["redelivery_seqs"], {"sink": sink})}
-    rows = conn.execute(
-        Q["replay_select"], (report.since, report.until, None, None, None, None, None)
-    )
+    (stats,) = await log.sink_stats([sink])  # a sink that never ran: all pending
+    report.cursor = stats.cursor
+    report.oldest_in_log = await log.oldest_received()
+    dead = {d.seq for d in await log.dead_letters(admin.DeadLetterFilter(sink=sink))}
+    queued = await log.pending_seqs(sink)  # queued again or parked: not delivered yet
     expected: dict[str, Expected] = {}
-    for r in rows:
-        entry = entry_from_row(r)
+    async for entry in log.received_between(report.since, report.until):
         report.in_range += 1
         if entry.seq > report.cursor or entry.seq in queued:
             report.pending += 1
@@ -276,7 +266,7 @@ def _days(start: float, end: float) -> list[dt.date]:
 async def verify(
     spec: SinkSpec,
     reader: TrailReader,
-    conn: sqlite3.Connection,
+    log: LogBackend,
     routed: Callable[[LogEntry], bool],
     since: float,
     until: float,
@@ -294,7 +284,7 @@ async def verify(
     def dropped(entry: LogEntry) -> bool:
         return audit_bucket is not None and entry.event.bucket == audit_bucket
 
-    expected = expected_events(conn, report, routed, dropped)  # the CLI's own connection
+    expected = await expected_events(log, report, routed, dropped)
     if not expected:
         return report
     prefix = auditlog.normalise_prefix(config.prefix, spec.variable("prefix"))
@@ -345,13 +335,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--lookback: {exc}") from None
     reader: TrailReader = sinks.create(spec)  # type: ignore[assignment]
-    path = Path(config.settings.data_dir) / app.DB_NAME
-    with admin.connect(path) as conn, Bar("audit verify", "objects") as bar:
+    with Bar("audit verify", "objects") as bar:
         try:
-            report = asyncio.run(verify(
-                spec, reader, conn, lambda e: config.router.matches(spec.name, e.event),
+            report = asyncio.run(app.operate(config.settings, lambda log: verify(
+                spec, reader, log, lambda e: config.router.matches(spec.name, e.event),
                 since, until, lookback, args.allow_duplicates, bar,
-            ))  # fmt: skip
+            )))  # fmt: skip
         except DeliveryError as exc:
             why = redact.for_spec(spec)(exc_text(exc))
             raise admin.AdminError(f"cannot read the trail of {spec.name}: {why}") from None

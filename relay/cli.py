@@ -12,14 +12,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from relay import __version__, datadir, logs, progress, sinks
 from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, load_settings
 from relay.events import Unparseable, parse_body
-from relay.queue import admin, fsck, lifecycle, stats
+from relay.queue import admin, fsck
 from relay.rules import (
     Rule,
     format_verdicts,
@@ -31,11 +31,13 @@ from relay.sinks import redact
 
 if TYPE_CHECKING:
     from relay.app import Config
+    from relay.queue.backend import LogBackend
 
 # relay.app (the server, the admin API, the delivery loop) and the modules that import it
 # are imported by the commands that use them: `relay serve` locks its data directory first.
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG, EXIT_DAMAGED = 0, 1, 2, 3
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,29 +365,38 @@ def _size(n: int) -> str:
 # -- the log ------------------------------------------------------------------------------------
 
 
+def _operate(config: Config, action: Callable[[LogBackend], Awaitable[T]]) -> T:
+    from relay import app
+
+    return asyncio.run(app.operate(config.settings, action))
+
+
 def cmd_queue_stats(args: argparse.Namespace) -> int:
     config = _config()
-    with admin.connect(_db(config)) as conn:
-        events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-        dead = stats.dead_letter_counts(conn)
-        quarantined = stats.quarantine_count(conn)
-        print(f"events in log: {events}")
-        print(f"quarantined bodies: {quarantined}")
-        print(f"{'sink':<28} {'cursor':>10} {'pending':>10} {'oldest pending':>16} "
-              f"{'dead':>8} {'parked':>8}")  # fmt: skip
-        now = time.time()
-        for spec in config.specs:
-            s = stats.sink_stats(conn, spec.name)
-            age = f"{now - s.oldest:.1f}s" if s.oldest else "-"
-            print(f"{spec.name:<28} {s.cursor:>10} {s.pending:>10} {age:>16} "
-                  f"{dead.get(spec.name, 0):>8} {s.parked:>8}")  # fmt: skip
-        orphans = stats.orphans(conn)
-        if orphans:
-            print("orphaned sinks (no longer configured; pin nothing; `relay sinks forget NAME`):")
-            for o in orphans:
-                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(o.orphaned_at))
-                print(f"  {o.sink:<26} cursor {o.cursor}, dead letters {o.dead_letters}, "
-                      f"redeliveries {o.redeliveries}, since {since}")  # fmt: skip
+    names = [spec.name for spec in config.specs]
+
+    async def read(log: LogBackend) -> tuple[Any, ...]:
+        return log.events, *await asyncio.gather(
+            log.sink_stats(names), log.dead_letter_counts(), log.quarantine_count(),
+            log.orphans(),
+        )  # fmt: skip
+
+    events, per_sink, dead, quarantined, orphans = _operate(config, read)
+    print(f"events in log: {events}")
+    print(f"quarantined bodies: {quarantined}")
+    print(f"{'sink':<28} {'cursor':>10} {'pending':>10} {'oldest pending':>16} "
+          f"{'dead':>8} {'parked':>8}")  # fmt: skip
+    now = time.time()
+    for s in per_sink:
+        age = f"{now - s.oldest:.1f}s" if s.oldest else "-"
+        print(f"{s.sink:<28} {s.cursor:>10} {s.pending:>10} {age:>16} "
+              f"{dead.get(s.sink, 0):>8} {s.parked:>8}")  # fmt: skip
+    if orphans:
+        print("orphaned sinks (no longer configured; pin nothing; `relay sinks forget NAME`):")
+        for o in orphans:
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(o.orphaned_at))
+            print(f"  {o.sink:<26} cursor {o.cursor}, dead letters {o.dead_letters}, "
+                  f"redeliveries {o.redeliveries}, since {since}")  # fmt: skip
     return EXIT_OK
 
 
@@ -395,8 +406,7 @@ def cmd_sinks_forget(args: argparse.Namespace) -> int:
         raise admin.AdminError(
             f"{args.name} is configured: remove it from the configuration (and restart) first"
         )
-    with admin.connect(_db(config)) as conn, admin.transaction(conn):
-        counts = lifecycle.forget(conn, args.name)
+    counts = _operate(config, lambda log: log.forget(args.name))
     if not counts["cursor"]:
         raise admin.AdminError(f"the log holds nothing for a sink named {args.name}")
     print(f"forgot {args.name}: {counts['dead_letters']} dead letters, "
@@ -451,8 +461,7 @@ def _fsck(config: Config, path: Path, repair: bool) -> int:
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     which = _dead_letter_filter(args)
-    with admin.connect(_db(_config())) as conn:
-        rows = admin.list_dead_letters(conn, which, args.limit)
+    rows = _operate(_config(), lambda log: log.dead_letters(which, args.limit))
     for d in rows:
         print(f"{d.id:>6}  {_time(d.at)}  {d.sink:<24} seq={d.seq:<8} attempts={d.attempts:<3} "
               f"{d.event_name} {d.bucket}/{d.key}  {d.state}  error: {d.error}")  # fmt: skip
@@ -461,8 +470,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:
-    with admin.connect(_db(_config())) as conn:
-        print(json.dumps(admin.show_dead_letter(conn, args.id), indent=2))
+    print(json.dumps(_operate(_config(), lambda log: log.dead_letter(args.id)), indent=2))
     return EXIT_OK
 
 
@@ -490,36 +498,34 @@ def cmd_dlq_retry(args: argparse.Namespace) -> int:
     config = _config()
     to = _sink_named(config, args.to) if args.to else None
     router = config.router
-    with admin.connect(_db(config)) as conn:
-        if args.dry_run:
-            per_sink = admin.plan_dead_letter_retry(conn, which, to).by_sink()
-            where = ", ".join(f"{n} to {sink}" for sink, n in per_sink.items())
-            print(f"dry run: {sum(per_sink.values())} dead letter(s) would be queued for "
-                  f"redelivery{f' ({where})' if where else ''}; nothing was changed")  # fmt: skip
-            return EXIT_OK
-        with progress.Bar("dlq retry", "dead letters") as bar:
-            n = admin.retry_dead_letters(
-                conn, which, to, bar, routes=lambda sink, e: router.matches(sink, e.event)
-            )
+    if args.dry_run:
+        plan = _operate(config, lambda log: log.plan_dead_letter_retry(which, to))
+        per_sink = plan.by_sink()
+        where = ", ".join(f"{n} to {sink}" for sink, n in per_sink.items())
+        print(f"dry run: {sum(per_sink.values())} dead letter(s) would be queued for "
+              f"redelivery{f' ({where})' if where else ''}; nothing was changed")  # fmt: skip
+        return EXIT_OK
+    with progress.Bar("dlq retry", "dead letters") as bar:
+        n = _operate(config, lambda log: log.retry_dead_letters(
+            which, to, lambda sink, e: router.matches(sink, e.event), bar
+        ))  # fmt: skip
     print(f"{n} dead letter(s) queued for redelivery{f' to {to}' if to else ''}")
     return EXIT_OK
 
 
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
     which = _selection(args)
-    with admin.connect(_db(_config())) as conn:
-        if args.dry_run:
-            n = len(admin.select_dead_letters(conn, which))
-            print(f"dry run: {n} dead letter(s) would be purged; nothing was changed")
-            return EXIT_OK
-        n = admin.purge_dead_letters(conn, which)
+    if args.dry_run:
+        n = len(_operate(_config(), lambda log: log.dead_letters(which)))
+        print(f"dry run: {n} dead letter(s) would be purged; nothing was changed")
+        return EXIT_OK
+    n = _operate(_config(), lambda log: log.purge_dead_letters(which))
     print(f"{n} dead letter(s) purged")
     return EXIT_OK
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
-    with admin.connect(_db(_config())) as conn:
-        rows = admin.list_quarantine(conn, args.limit)
+    rows = _operate(_config(), lambda log: log.quarantined(args.limit))
     for qid, at, source, reason, size in rows:
         print(f"{qid:>6}  {_time(at)}  source={source:<16} {size:>8} bytes  {reason}")
     print(f"{len(rows)} quarantined bod{'y' if len(rows) == 1 else 'ies'}")
@@ -527,8 +533,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_show(args: argparse.Namespace) -> int:
-    with admin.connect(_db(_config())) as conn:
-        print(json.dumps(admin.show_quarantine(conn, args.id), indent=2))
+    print(json.dumps(_operate(_config(), lambda log: log.quarantined_body(args.id)), indent=2))
     return EXIT_OK
 
 
@@ -539,8 +544,9 @@ def cmd_quarantine_retry(args: argparse.Namespace) -> int:
 
     config = _config()
     select = ingest.ingest_filter(config.settings)
-    with admin.connect(_db(config)) as conn:
-        results = admin.retry_quarantine(conn, args.id, select.split if select else None)
+    results = _operate(
+        config, lambda log: log.retry_quarantine(args.id, select.split if select else None)
+    )
     for r in results:
         print(f"{r.id:>6}  {'ingested' if r.ok else 'kept'}: {r.detail}")
     return EXIT_OK if all(r.ok for r in results) else EXIT_UNHEALTHY
@@ -553,12 +559,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     since = _when(args.since, now) if args.since else 0.0
     until = _when(args.until, now) if args.until else now + 1
     router = config.router
-    with admin.connect(_db(config)) as conn, progress.Bar("replay", "events") as bar:
-        n = admin.replay(
-            conn, sink, since, until, args.bucket, args.prefix,
-            (lambda e: True) if args.ignore_rules else (lambda e: router.matches(sink, e.event)),
-            bar,
-        )  # fmt: skip
+
+    def accept(entry: Any) -> bool:
+        return bool(args.ignore_rules) or router.matches(sink, entry.event)
+
+    with progress.Bar("replay", "events") as bar:
+        _, n = _operate(config, lambda log: log.replay(
+            sink, since, until, args.bucket, args.prefix, accept, bar
+        ))  # fmt: skip
     print(f"{n} event(s) queued for redelivery to {sink}")
     return EXIT_OK
 

@@ -24,7 +24,7 @@ from aiohttp import web
 from relay import metrics, signing
 from relay.config import ConfigError, Settings
 from relay.events import Event, Unparseable, parse_body
-from relay.queue.log import Log
+from relay.queue.backend import LogBackend
 from relay.rules import EventSet, compile_event_patterns
 
 log = logging.getLogger("relay.ingest")
@@ -33,7 +33,7 @@ RETRY_AFTER = "5"
 _CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-amz-security-token"}
 MAX_SOURCE_LABEL = 64
 
-LOG_KEY = web.AppKey("log", Log)
+LOG_KEY = web.AppKey("log", LogBackend)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 SINKS_KEY = web.AppKey("sinks", dict)  # sink name → Dispatcher (for readiness detail)
 SIGNING_KEYS = web.AppKey("signing_keys", list)
@@ -246,7 +246,7 @@ async def receive(request: web.Request) -> web.Response:
 
 
 async def _quarantine(
-    request: web.Request, event_log: Log, source: str, reason: str, body: bytes
+    request: web.Request, event_log: LogBackend, source: str, reason: str, body: bytes
 ) -> web.Response:
     try:
         qid = await event_log.quarantine(source, reason, safe_headers(request), body)
@@ -285,12 +285,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    payload = await asyncio.to_thread(metrics.render)
+    payload = await metrics.scrape()
     return web.Response(body=payload, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})  # fmt: skip
 
 
-def make_app(settings: Settings, event_log: Log, dispatchers: dict[str, Any]) -> web.Application:
+def make_app(
+    settings: Settings, event_log: LogBackend, dispatchers: dict[str, Any]
+) -> web.Application:
     app = web.Application(client_max_size=settings.max_body, handler_args={"max_field_size": 16384})
     app[SETTINGS_KEY] = settings
     app[LOG_KEY] = event_log

@@ -7,8 +7,10 @@ nothing on the ingest or delivery paths and are always exact.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -25,7 +27,7 @@ from prometheus_client.registry import Collector
 from relay.queue import stats
 
 if TYPE_CHECKING:
-    from relay.queue.log import Log
+    from relay.queue.backend import LogBackend
 
 disable_created_metrics()  # the *_created series only double the scrape size
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -120,15 +122,35 @@ def received(source: str, dialect: str) -> Any:
     return child
 
 
-class LogCollector(Collector):
-    """Reads the log's gauges at scrape time."""
+@dataclass(frozen=True)
+class LogView:
+    """What the log's gauges show, read from the log just before a scrape renders them."""
 
-    def __init__(self, log: Log, sinks: Sequence[str]) -> None:
+    per_sink: list[stats.SinkStats]
+    dead: dict[str, int]
+    quarantined: int
+    orphans: list[stats.Orphan]
+
+
+class LogCollector(Collector):
+    """The log's gauges: the attributes the log keeps current, and a `LogView` read at
+    scrape time (see `scrape`)."""
+
+    def __init__(self, log: LogBackend, sinks: Sequence[str]) -> None:
         self.log = log
         self.sinks = list(sinks)
+        self.view = LogView([], {}, 0, [])
+
+    async def read(self) -> None:
+        log = self.log
+        per_sink, dead, quarantined, orphans = await asyncio.gather(
+            log.sink_stats(self.sinks), log.dead_letter_counts(), log.quarantine_count(),
+            log.orphans(),
+        )  # fmt: skip
+        self.view = LogView(per_sink, dead, quarantined, orphans)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        log = self.log
+        log, view = self.log, self.view
         yield GaugeMetricFamily("relay_log_events", "Events in the log.", value=log.events)
         yield GaugeMetricFamily("relay_log_bytes", "Bytes in use in the log file.", value=log.bytes)
         yield GaugeMetricFamily(
@@ -142,7 +164,6 @@ class LogCollector(Collector):
             "relay_log_damaged", "1 when the integrity check found damage in the log, else 0.",
             value=1 if log.check_state == "damaged" else 0,
         )  # fmt: skip
-        conn = log.reader()
         now = time.time()
         pending = GaugeMetricFamily(
             "relay_sink_pending", "Events past the sink's cursor, plus queued redeliveries.",
@@ -159,13 +180,11 @@ class LogCollector(Collector):
             "objects go on.",
             labels=["sink"],
         )  # fmt: skip
-        counts = stats.dead_letter_counts(conn)
-        for sink in self.sinks:
-            s = stats.sink_stats(conn, sink)
-            pending.add_metric([sink], s.pending)
-            oldest.add_metric([sink], max(0.0, now - s.oldest) if s.oldest else 0.0)
-            dead.add_metric([sink], counts.get(sink, 0))
-            parked.add_metric([sink], s.parked)
+        for s in view.per_sink:
+            pending.add_metric([s.sink], s.pending)
+            oldest.add_metric([s.sink], max(0.0, now - s.oldest) if s.oldest else 0.0)
+            dead.add_metric([s.sink], view.dead.get(s.sink, 0))
+            parked.add_metric([s.sink], s.parked)
         blocked = GaugeMetricFamily(
             "relay_ingest_blocked_by",
             "1 while this sink is why ingest answers 503 (over its MAX_BACKLOG* bound with "
@@ -180,7 +199,7 @@ class LogCollector(Collector):
             "event; its state goes after RELAY_RETENTION, or with `relay sinks forget`).",
             labels=["sink"],
         )  # fmt: skip
-        for orphan in stats.orphans(conn):
+        for orphan in view.orphans:
             orphaned.add_metric([orphan.sink], 1)
         yield pending
         yield oldest
@@ -189,12 +208,18 @@ class LogCollector(Collector):
         yield blocked
         yield orphaned
         yield GaugeMetricFamily(
-            "relay_quarantined", "Bodies in quarantine.", value=stats.quarantine_count(conn)
+            "relay_quarantined", "Bodies in quarantine.", value=view.quarantined
         )
 
 
-def install(log: Log, sinks: Sequence[str]) -> None:
-    REGISTRY.register(LogCollector(log, sinks))
+_COLLECTORS: list[LogCollector] = []
+_SCRAPE = asyncio.Lock()
+
+
+def install(log: LogBackend, sinks: Sequence[str]) -> None:
+    collector = LogCollector(log, sinks)
+    REGISTRY.register(collector)
+    _COLLECTORS.append(collector)
     for sink in sinks:
         SINK_UP.labels(sink).set(0)
         for outcome in ("delivered", "retry", "dead_letter"):
@@ -205,3 +230,12 @@ def install(log: Log, sinks: Sequence[str]) -> None:
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+
+
+async def scrape() -> bytes:
+    """/metrics: the log's view read first (a whole operation of the log, whatever keeps
+    it), then everything rendered off the event loop."""
+    async with _SCRAPE:
+        for collector in _COLLECTORS:
+            await collector.read()
+        return await asyncio.to_thread(render)

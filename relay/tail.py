@@ -23,8 +23,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -33,8 +32,8 @@ from aiohttp import web
 from relay.config import ConfigError
 from relay.delivery import missed as missed_events
 from relay.events import Event
-from relay.queue.log import Log, LogEntry, entry_from_row
-from relay.queue.queries import Q
+from relay.queue.backend import LogBackend
+from relay.queue.log import LogEntry
 from relay.rules import compile_event_patterns
 
 log = logging.getLogger("relay.admin")
@@ -47,17 +46,12 @@ MAX_BACKLOG = 10_000  # ?last=<n>
 RECONNECT_MS = 2000  # the client's wait before it reconnects (SSE `retry:`)
 
 
-Reader = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
-
-
 class Hub:
     """One listener on the log for every stream: wakes them all after a commit that
-    appended events, and ends them all when the server shuts down. `read` runs a read of
-    the log off the event loop (the admin API's own reader threads)."""
+    appended events, and ends them all when the server shuts down."""
 
-    def __init__(self, event_log: Log, read: Reader) -> None:
+    def __init__(self, event_log: LogBackend) -> None:
         self.log = event_log
-        self.read = read
         self.streams = 0
         self.closing = asyncio.Event()
         self._listener = event_log.listener()
@@ -138,17 +132,6 @@ def sse_event(entry: LogEntry) -> str:
     return f"id: {entry.seq}\ndata: {json.dumps(event_json(entry), separators=(',', ':'))}\n\n"
 
 
-def _page(after: int, limit: int) -> Callable[[sqlite3.Connection], list[LogEntry]]:
-    def read(conn: sqlite3.Connection) -> list[LogEntry]:
-        return [entry_from_row(r) for r in conn.execute(Q["events_after"], (after, limit))]
-
-    return read
-
-
-def _head(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(Q["max_seq"]).fetchone()[0])
-
-
 def _bad(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
@@ -164,7 +147,7 @@ async def start_position(request: web.Request, hub: Hub) -> int:
         if after < 0:
             raise _bad("an event id is not negative")
         return after
-    head = await hub.read(_head)
+    head = await hub.log.head()
     last = request.query.get("last")
     if last is None:
         return head
@@ -197,7 +180,7 @@ async def stream(request: web.Request, hub: Hub) -> web.StreamResponse:
         await _send(response, f": relay live tail\nretry: {RECONNECT_MS}\nid: {after}\n\n")
         while not hub.closing.is_set():
             changed = hub.changed()
-            rows: Sequence[LogEntry] = await hub.read(_page(after, PAGE))
+            rows: Sequence[LogEntry] = await hub.log.page(after, PAGE)
             if rows:
                 parts = []
                 for row in rows:

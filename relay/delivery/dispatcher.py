@@ -28,7 +28,8 @@ from relay.delivery.parked import Parked
 from relay.delivery.plan import Limits, Outcome, Round, backoff, plan, unfinished
 from relay.delivery.stale import WINDOW, Newest, is_stale
 from relay.events import lane, order_token
-from relay.queue.log import BacklogBound, Log, LogEntry, Missed, Settlement
+from relay.queue.backend import LogBackend
+from relay.queue.log import BacklogBound, LogEntry, Missed, Settlement
 from relay.rules import Router
 from relay.sinks.base import DeliveryError, Result, Retryable, Sink, describe, exc_text
 
@@ -105,7 +106,7 @@ class Dispatcher:
     def __init__(
         self,
         sink: Sink,
-        log_: Log,
+        log_: LogBackend,
         router: Router,
         policy: Policy,
         redact: Callable[[str], str] = str,

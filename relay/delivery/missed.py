@@ -38,11 +38,12 @@ def _time(ts: float | None) -> str | None:
 def entry(sink: str, missed: Missed) -> LogEntry:
     """The marker of `missed` as an entry the sink sends like any other; its seq is the last
     of the range, so it sorts where the events it stands for were."""
+    now = _time(time.time())
     record = {
         "eventVersion": "2.0",
         "eventSource": "s3-notify-relay",
         "eventName": EVENT_NAME,
-        "eventTime": _time(time.time()),
+        "eventTime": now,
         "sink": sink,
         "count": missed.count,
         "first_seq": missed.first_seq,
@@ -60,7 +61,7 @@ def entry(sink: str, missed: Missed) -> LogEntry:
         bucket="",
         key="",
         record=_json.encode(record),
-        event_time=record["eventTime"],
+        event_time=now,
         event_id=ident[:32],
     )
     return LogEntry(missed.last_seq, missed.last_at or time.time(), event)

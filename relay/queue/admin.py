@@ -1,13 +1,11 @@
-"""Operator actions on the log: dead letters, quarantine, replay.
+"""Operator actions on the SQLite log, in SQL: dead letters, quarantine, replay.
 
-One code path for the CLI and the admin HTTP API. Every write is a body that takes a
-connection already inside a transaction (`*_tx`): the admin API runs it in the log writer's
-next transaction (`Log.write`), so it never contends with the relay's own writer; the CLI
-runs it through the wrapper of the same name without `_tx`, in its own process and its own
-`BEGIN IMMEDIATE` transaction, next to a running relay (SQLite serialises the two writers
-with busy_timeout; the relay's dispatchers pick up queued redeliveries within a second).
-Reads (`list_*`, `show_*`, the selection of a replay, re-parsing a quarantined body) take
-any connection, a read-only one included.
+The SQLite log's operator methods (relay/queue/log.py, the `LogBackend` interface) are built
+of these: reads (`select_*`, `show_*`, a replay's selection, the stale tokens, re-parsing a
+quarantined body) take any connection and run on a reader thread; writes (`*_tx`) take a
+connection already inside a transaction and run in the log writer's next one. The CLI opens
+the log as a client next to a running relay: its writer and the relay's are serialised by
+SQLite's lock, and the relay's dispatchers pick up queued redeliveries within a second.
 
 `progress`, where taken, is called as `progress(done, total)` while the work goes on.
 """
@@ -19,18 +17,15 @@ import datetime as dt
 import functools
 import json
 import sqlite3
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from multidict import CIMultiDict
 
 from relay.config import parse_duration
 from relay.events import Event, Unparseable, lane, order_token, parse_body
-from relay.queue.log import LogEntry, entry_from_row, event_row
+from relay.queue.log import LogEntry, entry_from_row
 from relay.queue.queries import Q
 
 
@@ -47,29 +42,6 @@ Progress = Callable[[int, int], None]
 
 def _no_progress(done: int, total: int) -> None:
     pass
-
-
-@contextmanager
-def connect(path: Path) -> Iterator[sqlite3.Connection]:
-    if not path.exists():
-        raise AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 # -- dead letters -------------------------------------------------------------------------------
@@ -186,6 +158,47 @@ def plan_dead_letter_retry(
     return RetryPlan(letters)
 
 
+def dead_letter_retry_reads(
+    conn: sqlite3.Connection,
+    which: DeadLetterFilter | None,
+    to: str | None = None,
+    routes: Routes | None = None,
+) -> tuple[RetryPlan, dict[tuple[str, int], str | None]]:
+    """What a retry queues, and for each (target sink, seq) the newest order token its
+    object has had at that sink since (the stale check; `routes`: the sinks' rules, so what
+    they kept away does not count as had). Read only."""
+    plan = plan_dead_letter_retry(conn, which, to)
+    seqs_by_sink: dict[str, list[int]] = {}
+    for letter, target in plan.letters:
+        seqs_by_sink.setdefault(target, []).append(letter.seq)
+    newer: dict[tuple[str, int], str | None] = {}
+    for target, seqs in seqs_by_sink.items():
+        accept = functools.partial(routes, target) if routes else None
+        for seq, token in newer_tokens(conn, target, seqs, accept).items():
+            newer[(target, seq)] = token
+    return plan, newer
+
+
+def queue_dead_letter_retry_tx(
+    conn: sqlite3.Connection,
+    plan: RetryPlan,
+    newer: Mapping[tuple[str, int], str | None],
+    progress: Progress | None = None,
+) -> int:
+    """Queue the planned redeliveries, inside the caller's transaction. The dead letters
+    stay, marked as being retried, until the delivery loop finishes their redelivery
+    (queries.sql finish_retried_dead_letters). Returns how many were queued."""
+    for done, (letter, target) in enumerate(plan.letters, 1):
+        conn.execute(
+            Q["requeue_dead_letter"],
+            {"sink": target, "seq": letter.seq, "newer": newer.get((target, letter.seq))},
+        )
+        conn.execute(Q["mark_dead_letter_retrying"], {"id": letter.id, "sink": target})
+        if progress:
+            progress(done, len(plan.letters))
+    return len(plan.letters)
+
+
 def retry_dead_letters_tx(
     conn: sqlite3.Connection,
     which: DeadLetterFilter | None,
@@ -195,28 +208,9 @@ def retry_dead_letters_tx(
     routes: Routes | None = None,
 ) -> int:
     """Queue dead letters (those `which` names; None: all) for redelivery to `to`, any
-    configured sink (default: each one's own sink), inside the caller's transaction. Each
-    carries the newest order token its object has had at that sink since (the stale
-    check; `routes`: the sinks' rules, so what they kept away does not count as had). The
-    dead letters stay, marked as being retried, until the delivery loop finishes their
-    redelivery (queries.sql finish_retried_dead_letters). Returns how many were queued."""
-    letters = plan_dead_letter_retry(conn, which, to).letters
-    seqs_by_sink: dict[str, list[int]] = {}
-    for letter, target in letters:
-        seqs_by_sink.setdefault(target, []).append(letter.seq)
-    newer: dict[tuple[str, int], str | None] = {}
-    for target, seqs in seqs_by_sink.items():
-        accept = functools.partial(routes, target) if routes else None
-        for seq, token in newer_tokens(conn, target, seqs, accept).items():
-            newer[(target, seq)] = token
-    for done, (letter, target) in enumerate(letters, 1):
-        conn.execute(
-            Q["requeue_dead_letter"],
-            {"sink": target, "seq": letter.seq, "newer": newer.get((target, letter.seq))},
-        )
-        conn.execute(Q["mark_dead_letter_retrying"], {"id": letter.id, "sink": target})
-        progress(done, len(letters))
-    return len(letters)
+    configured sink (default: each one's own sink), inside the caller's transaction."""
+    plan, newer = dead_letter_retry_reads(conn, which, to, routes)
+    return queue_dead_letter_retry_tx(conn, plan, newer, progress)
 
 
 def newer_tokens(
@@ -256,18 +250,6 @@ def _ids(seqs: Sequence[int]) -> str:
     return json.dumps([int(seq) for seq in seqs])
 
 
-def retry_dead_letters(
-    conn: sqlite3.Connection,
-    which: DeadLetterFilter | None,
-    to: str | None = None,
-    progress: Progress = _no_progress,
-    *,
-    routes: Routes | None = None,
-) -> int:
-    with transaction(conn):
-        return retry_dead_letters_tx(conn, which, to, progress, routes=routes)
-
-
 def purge_dead_letters_tx(conn: sqlite3.Connection, which: DeadLetterFilter | None) -> int:
     """Delete the dead letters `which` names, whatever their state: a redelivery already
     queued for one still goes ahead."""
@@ -275,11 +257,6 @@ def purge_dead_letters_tx(conn: sqlite3.Connection, which: DeadLetterFilter | No
     for letter in letters:
         conn.execute(Q["delete_dead_letter"], {"id": letter.id})
     return len(letters)
-
-
-def purge_dead_letters(conn: sqlite3.Connection, which: DeadLetterFilter | None) -> int:
-    with transaction(conn):
-        return purge_dead_letters_tx(conn, which)
 
 
 # -- quarantine ---------------------------------------------------------------------------------
@@ -324,20 +301,6 @@ def reparse_quarantined(conn: sqlite3.Connection, qid: int) -> list[Event] | Qua
     return list(parsed.events)
 
 
-def ingest_reparsed_tx(conn: sqlite3.Connection, qid: int, events: Sequence[Event]) -> int:
-    """Store the events of a body that now parses and take it out of quarantine, inside the
-    caller's transaction; returns how many were new to the log. (The admin API hands the
-    events to `Log.append`, which keeps the writer's own accounting, then runs
-    `drop_quarantined_tx`: a crash between the two leaves the body in quarantine, and
-    retrying it again stores nothing twice, as the log deduplicates.)"""
-    now = time.time()
-    accepted = 0
-    for event in events:
-        accepted += conn.execute(Q["insert_event"], event_row(event, now)).rowcount
-    drop_quarantined_tx(conn, qid)
-    return accepted
-
-
 def drop_quarantined_tx(conn: sqlite3.Connection, qid: int) -> None:
     conn.execute(Q["delete_quarantine"], (qid,))
 
@@ -345,25 +308,6 @@ def drop_quarantined_tx(conn: sqlite3.Connection, qid: int) -> None:
 # RELAY_INGEST_EVENTS (relay/ingest.py IngestFilter.split): the events to store, and how
 # many were left out
 Select = Callable[[list[Event]], tuple[list[Event], int]]
-
-
-def retry_quarantine(
-    conn: sqlite3.Connection, qid: int | None, select: Select | None = None
-) -> list[QuarantineRetry]:
-    """Parse quarantined bodies again (after a fix to the relay or a config change); those
-    that now parse become events (those `select` keeps, as ingest would) and leave
-    quarantine."""
-    results = []
-    for item in quarantine_ids(conn, qid):
-        parsed = reparse_quarantined(conn, item)
-        if isinstance(parsed, QuarantineRetry):
-            results.append(parsed)
-            continue
-        events, left_out = select(parsed) if select else (parsed, 0)
-        with transaction(conn):
-            accepted = ingest_reparsed_tx(conn, item, events)
-        results.append(QuarantineRetry(item, True, ingested(accepted, left_out)))
-    return results
 
 
 def ingested(accepted: int, left_out: int) -> str:
@@ -417,23 +361,6 @@ def queue_redeliveries_tx(
         ).rowcount
         for seq in seqs
     )
-
-
-def replay(
-    conn: sqlite3.Connection,
-    sink: str,
-    since: float,
-    until: float,
-    bucket: str | None,
-    prefix: str | None,
-    accept: Callable[[LogEntry], bool],
-    progress: Progress | None = None,
-) -> int:
-    """Select and queue in one transaction (the CLI)."""
-    with transaction(conn):
-        seqs = replay_selection(conn, since, until, bucket, prefix, accept, progress)
-        newer = newer_tokens(conn, sink, seqs, accept)
-        return queue_redeliveries_tx(conn, sink, seqs, newer=newer)
 
 
 def parse_when(text: str, now: float) -> float:

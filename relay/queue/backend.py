@@ -24,16 +24,25 @@ up, retention makes more; `pruned_between` tells the two apart).
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from relay.events import Event
-from relay.queue.admin import DeadLetter, DeadLetterFilter, QuarantineRetry, RetryPlan
+from relay.queue.admin import (
+    DeadLetter,
+    DeadLetterFilter,
+    QuarantineRetry,
+    RetryPlan,
+    Routes,
+    Select,
+)
 from relay.queue.lifecycle import Started
 from relay.queue.log import (
     AppendResult,
     Backlog,
     BacklogBound,
+    CheckState,
     LogEntry,
     Missed,
     ParkedRow,
@@ -42,7 +51,6 @@ from relay.queue.log import (
 from relay.queue.stats import Orphan, SinkStats
 
 Progress = Callable[[int, int], None]  # (done, total), while a long operation goes on
-Routes = Callable[[str, LogEntry], bool]  # (sink, entry): would the sink's rules take it
 
 
 class LogBackend(Protocol):
@@ -52,7 +60,7 @@ class LogBackend(Protocol):
     free_disk: int  # bytes free where it keeps them (0: not known)
     pressure_detail: str  # the operator's version of `pressure`
     blocked_by: tuple[str, ...]  # sinks that hold ingest
-    check_state: str  # "running" | "ok" | "damaged": the integrity check
+    check_state: CheckState  # the integrity check
     check_in_background: bool
     open_seconds: float  # what opening took (the integrity check, counts)
     pruned_upto: int  # every event up to this seq that nothing pinned is gone
@@ -78,7 +86,9 @@ class LogBackend(Protocol):
         """Durable before it returns (the 2xx depends on it); duplicates are not stored."""
         ...
 
-    async def quarantine(self, source: str, reason: str, headers: str, body: bytes) -> int: ...
+    async def quarantine(
+        self, source: str, reason: str, headers: str, body: builtins.bytes
+    ) -> int: ...
 
     # -- delivery --------------------------------------------------------------------------------
     def set_sinks(
@@ -181,10 +191,10 @@ class LogBackend(Protocol):
         ...
 
     async def retry_quarantine(
-        self, qid: int | None, keep: Callable[[Event], bool] | None = None
+        self, qid: int | None, select: Select | None = None
     ) -> list[QuarantineRetry]:
-        """Parse kept bodies again (one, or all); those that now parse become events (the
-        ones `keep` takes) and leave quarantine."""
+        """Parse kept bodies again (one, or all); those that now parse become events (those
+        `select` keeps, as ingest's RELAY_INGEST_EVENTS would) and leave quarantine."""
         ...
 
     async def replay(

@@ -12,16 +12,18 @@ request that arrived meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -30,9 +32,23 @@ from relay.queue import lifecycle, migrations
 from relay.queue.fsck import LogDamaged
 from relay.queue.queries import Q
 
+if TYPE_CHECKING:
+    from relay.queue.admin import (
+        DeadLetter,
+        DeadLetterFilter,
+        QuarantineRetry,
+        RetryPlan,
+        Routes,
+        Select,
+    )
+    from relay.queue.stats import Orphan, SinkStats
+
 log = logging.getLogger("relay.log")
 
 MAX_ROWS_PER_COMMIT = 1000
+REPLAY_CHUNK = 5_000  # redeliveries queued per writer transaction (a big replay)
+PAGE = 1_000  # rows per read of an operator's long scan
+OPERATOR_THREADS = 2
 MAINTENANCE_EVERY = 1.0  # seconds between checks of disk space, WAL size and retention
 PRUNE_EVERY = 10.0
 PRUNE_CHUNK = 10_000
@@ -189,9 +205,14 @@ class Log:
         min_free_bytes: int = 0,
         prune_every: float = PRUNE_EVERY,
         check: str = "start",  # auto | start | background, see RELAY_LOG_CHECK
+        client: bool = False,
     ) -> None:
         self.path = Path(path)
         self.check = check
+        # An operator's command next to a running relay: no integrity check (the relay did
+        # it), no pruning or checkpoints (the relay does them); its writes still go through
+        # a writer thread, serialised with the relay's by SQLite's lock.
+        self.client = client
         self.sync = sync
         self.retention = retention
         self.max_events = max_events
@@ -229,6 +250,7 @@ class Log:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._operator_pool: ThreadPoolExecutor | None = None
         self._closed = False
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -249,7 +271,9 @@ class Log:
             conn = self._connect()
             try:
                 started = time.monotonic()
-                if not self.check_in_background:
+                if self.client:
+                    self.check_state = "ok"
+                elif not self.check_in_background:
                     # Damage must stop us here, not surface later as a sink stuck on one
                     # event. Reads every page once: measured in the "relay listening" line.
                     problems = _quick_check(conn)
@@ -273,10 +297,11 @@ class Log:
             ) from None
         self._thread = threading.Thread(target=self._run, name="relay-log-writer", daemon=True)
         self._thread.start()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint, name="relay-log-checkpointer", daemon=True
-        )
-        self._checkpointer.start()
+        if not self.client:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint, name="relay-log-checkpointer", daemon=True
+            )
+            self._checkpointer.start()
         if self.check_in_background:
             self._checker = threading.Thread(
                 target=self._background_check, name="relay-log-check", daemon=True
@@ -300,6 +325,8 @@ class Log:
             await asyncio.to_thread(self._thread.join)
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
+        if self._operator_pool is not None:
+            self._operator_pool.shutdown(wait=False)
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -415,6 +442,16 @@ class Log:
     async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         return await asyncio.to_thread(lambda: fn(self.reader()))
 
+    async def _operator_read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`read` on threads of the operator's own, so the admin API and the live tail never
+        queue behind the dispatchers' reads (nor they behind a long scan of an operator)."""
+        if self._operator_pool is None:
+            self._operator_pool = ThreadPoolExecutor(
+                OPERATOR_THREADS, thread_name_prefix="relay-log-operator"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._operator_pool, lambda: fn(self.reader()))
+
     def entries_after(self, seq: int, limit: int) -> list[LogEntry]:
         rows = self.reader().execute(Q["events_after"], (seq, limit)).fetchall()
         return [entry_from_row(r) for r in rows]
@@ -471,6 +508,169 @@ class Log:
         """seq → (attempts, first failure) of those with a retry schedule."""
         cur = self.reader().execute(Q["retries_by_seq"], {"sink": sink, "seqs": _json_array(seqs)})
         return {seq: (attempts, first_at) for seq, attempts, first_at in cur}
+
+    async def hold(self, sink: str) -> bool:
+        """Always: the data dir's lock made this the only relay on this log."""
+        return True
+
+    # -- the operator (relay/queue/backend.py: the SQL is in admin.py, stats.py, lifecycle.py)
+
+    async def sink_stats(self, sinks: Sequence[str]) -> list[SinkStats]:
+        from relay.queue import stats
+
+        return list(await self._operator_read(lambda c: [stats.sink_stats(c, s) for s in sinks]))
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        from relay.queue import stats
+
+        return dict(await self._operator_read(stats.dead_letter_counts))
+
+    async def quarantine_count(self) -> int:
+        from relay.queue import stats
+
+        return int(await self._operator_read(stats.quarantine_count))
+
+    async def orphans(self) -> list[Orphan]:
+        from relay.queue import stats
+
+        return list(await self._operator_read(stats.orphans))
+
+    async def forget(self, sink: str) -> dict[str, int]:
+        return dict(await self.write(lambda c: lifecycle.forget(c, sink)))
+
+    async def dead_letters(
+        self, which: DeadLetterFilter | None = None, limit: int = -1
+    ) -> list[DeadLetter]:
+        from relay.queue import admin
+
+        return list(await self._operator_read(lambda c: admin.select_dead_letters(c, which, limit)))
+
+    async def dead_letter(self, dlq_id: int) -> dict[str, Any]:
+        from relay.queue import admin
+
+        return dict(await self._operator_read(lambda c: admin.show_dead_letter(c, dlq_id)))
+
+    async def plan_dead_letter_retry(
+        self, which: DeadLetterFilter | None, to: str | None = None
+    ) -> RetryPlan:
+        from relay.queue import admin
+
+        plan: RetryPlan = await self._operator_read(
+            lambda c: admin.plan_dead_letter_retry(c, which, to)
+        )
+        return plan
+
+    async def retry_dead_letters(
+        self,
+        which: DeadLetterFilter | None,
+        to: str | None = None,
+        routes: Routes | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """The plan and the stale tokens are read on a reader thread (the tokens read the
+        log from the oldest dead letter on); only the queueing is a write."""
+        from relay.queue import admin
+
+        plan, newer = await self._operator_read(
+            lambda c: admin.dead_letter_retry_reads(c, which, to, routes)
+        )
+        return int(
+            await self.write(
+                lambda c: admin.queue_dead_letter_retry_tx(c, plan, newer, progress), wakes=True
+            )
+        )
+
+    async def purge_dead_letters(self, which: DeadLetterFilter | None) -> int:
+        from relay.queue import admin
+
+        return int(await self.write(lambda c: admin.purge_dead_letters_tx(c, which)))
+
+    async def quarantined(self, limit: int) -> list[tuple[int, float, str, str, int]]:
+        from relay.queue import admin
+
+        return list(await self._operator_read(lambda c: admin.list_quarantine(c, limit)))
+
+    async def quarantined_body(self, qid: int) -> dict[str, Any]:
+        from relay.queue import admin
+
+        return dict(await self._operator_read(lambda c: admin.show_quarantine(c, qid)))
+
+    async def retry_quarantine(
+        self, qid: int | None, select: Select | None = None
+    ) -> list[QuarantineRetry]:
+        """Each body parsed again on a reader thread; the events of one that now parses go
+        into the log as ingest's do (`append`), then it leaves quarantine: a crash between
+        the two leaves it there, and retrying again stores nothing twice."""
+        from relay.queue import admin
+
+        results = []
+        for item in await self._operator_read(lambda c: admin.quarantine_ids(c, qid)):
+            parsed = await self._operator_read(
+                functools.partial(admin.reparse_quarantined, qid=item)
+            )
+            if isinstance(parsed, admin.QuarantineRetry):
+                results.append(parsed)
+                continue
+            events, left_out = select(parsed) if select else (parsed, 0)
+            accepted = (await self.append(events)).accepted if events else 0
+            await self.write(functools.partial(admin.drop_quarantined_tx, qid=item))
+            results.append(admin.QuarantineRetry(item, True, admin.ingested(accepted, left_out)))
+        return results
+
+    async def replay(
+        self,
+        sink: str,
+        since: float,
+        until: float,
+        bucket: str | None,
+        prefix: str | None,
+        accept: Callable[[LogEntry], bool],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[int, int]:
+        """The selection and the stale tokens on a reader thread; the redeliveries queued
+        in writer transactions of REPLAY_CHUNK events, so ingest never waits long."""
+        from relay.queue import admin
+
+        def select(c: sqlite3.Connection) -> tuple[list[int], dict[int, str | None]]:
+            seqs = admin.replay_selection(c, since, until, bucket, prefix, accept, progress)
+            return seqs, admin.newer_tokens(c, sink, seqs, accept)
+
+        seqs, newer = await self._operator_read(select)
+        queued = 0
+        for start in range(0, len(seqs), REPLAY_CHUNK):
+            chunk = seqs[start : start + REPLAY_CHUNK]
+            queue = functools.partial(admin.queue_redeliveries_tx, sink=sink, seqs=chunk)
+            queued += await self.write(functools.partial(queue, newer=newer), wakes=True)
+        return len(seqs), queued
+
+    async def page(self, after: int, limit: int) -> list[LogEntry]:
+        return list(await self._operator_read(lambda c: [
+            entry_from_row(r) for r in c.execute(Q["events_after"], (after, limit))
+        ]))  # fmt: skip
+
+    async def head(self) -> int:
+        return int(await self._operator_read(lambda c: c.execute(Q["max_seq"]).fetchone()[0]))
+
+    async def received_between(self, since: float, until: float) -> AsyncIterator[LogEntry]:
+        params = {"since": since, "until": until, "after": 0, "limit": PAGE}
+        while True:
+            rows = await self._operator_read(
+                functools.partial(_rows, "received_between", dict(params))
+            )
+            for row in rows:
+                yield entry_from_row(row)
+            if len(rows) < PAGE:
+                return
+            params["after"] = rows[-1][0]
+
+    async def pending_seqs(self, sink: str) -> set[int]:
+        return set(await self._operator_read(lambda c: {
+            int(r[0]) for r in c.execute(Q["redelivery_seqs"], {"sink": sink})
+        }))  # fmt: skip
+
+    async def oldest_received(self) -> float | None:
+        row = await self._operator_read(lambda c: c.execute(Q["oldest_after"], (0,)).fetchone())
+        return float(row[0]) if row else None
 
     # -- wake-ups -----------------------------------------------------------------------------
 
@@ -544,7 +744,7 @@ class Log:
                         weight += nxt.weight
                     self._commit(conn, batch)
                 now = time.monotonic()
-                if now - last_maintenance >= MAINTENANCE_EVERY:
+                if not self.client and now - last_maintenance >= MAINTENANCE_EVERY:
                     last_maintenance = now
                     prune = now - last_prune >= self.prune_every or self._near_mark()
                     if prune:
@@ -558,7 +758,8 @@ class Log:
         finally:
             self._fail_waiting(LogClosed("the log writer has stopped"))
             try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if not self.client:  # the relay's to do: it would wait for its readers
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
             conn.close()
@@ -848,6 +1049,10 @@ def _settle(conn: sqlite3.Connection, s: Settlement) -> None:
             conn.execute(Q["insert_missed"], row)
     for marker_id in s.markers_done:
         conn.execute(Q["delete_missed"], {"id": marker_id})
+
+
+def _rows(query: str, params: Mapping[str, Any], conn: sqlite3.Connection) -> list[Any]:
+    return conn.execute(Q[query], params).fetchall()
 
 
 def _json_array(seqs: Sequence[int]) -> str:

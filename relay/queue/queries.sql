@@ -33,6 +33,15 @@ SELECT e.seq, e.received_at, e.event_id, e.source, e.dialect, e.event_name, e.bu
 FROM redeliveries r JOIN events e ON e.seq = r.seq
 WHERE r.sink = ? AND r.reason != 'parked' ORDER BY r.seq LIMIT ?;
 
+-- name: received_between
+-- A page of the events received in [since, until), after seq :after (relay audit verify).
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events
+WHERE seq > :after AND received_at >= :since AND received_at < :until
+ORDER BY seq LIMIT :limit;
+
 -- name: redelivery_seqs
 -- Every event a sink is still to be handed outside its cursor's order (queued again, or
 -- parked): not delivered yet.

@@ -15,7 +15,6 @@ import contextlib
 import gzip
 import json
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -531,9 +530,8 @@ async def test_least_privilege_a_put_only_user_writes_and_verify_needs_read(
                 await reader.list_objects("audit")  # type: ignore[attr-defined]
             await reader.close()
             await _put_policy(s3, bucket, uid, read=True)
-            with sqlite3.connect(pipe.log.path) as conn:
-                report = await verify(spec, sinks.create(spec), conn, lambda e: True,  # type: ignore[arg-type]
-                                      since, time.time() + 1)  # fmt: skip
+            report = await verify(spec, sinks.create(spec), pipe.log, lambda e: True,  # type: ignore[arg-type]
+                                  since, time.time() + 1)  # fmt: skip
     assert report.ok and report.present == 5 and report.expected == 5, report.render()
     assert len(seqs_of(await objects(s3, bucket))) == 5  # the owner reads: policy grants it
 

@@ -20,7 +20,6 @@ import pytest
 from relay import sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
-from relay.queue import admin
 from relay.queue.log import LogEntry
 from relay.sinks import redact
 from relay.sinks.table import mysql
@@ -117,13 +116,10 @@ def env(table: str, dsn: str = SHARED, **extra: str) -> dict[str, str]:
 
 async def replay_all(pipe: Pipeline) -> None:
     """What `relay replay` does: queue every event of the log again for the sink."""
-
-    def queue() -> int:
-        with admin.connect(pipe.log.path) as conn:
-            return admin.replay(conn, pipe.sink.name, 0, time.time() + 60, None, None,
-                                lambda e: True)  # fmt: skip
-
-    assert await asyncio.to_thread(queue) > 0
+    _, queued = await pipe.log.replay(
+        pipe.sink.name, 0, time.time() + 60, None, None, lambda e: True
+    )
+    assert queued > 0
     await pipe.settled()
 
 

@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import json
 import signal
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -152,14 +151,13 @@ async def test_verify_reads_the_object_store(
             for n in range(6):
                 await pipe.append([minio_event("photos", f"k{n}", n)])
             await pipe.settled()
-            with sqlite3.connect(pipe.log.path) as conn:
-                ok = await verify(spec, sinks.create(spec), conn, lambda e: True,  # type: ignore[arg-type]
-                                  since, time.time() + 1)  # fmt: skip
-                store = await shared.jetstream().object_store(bucket)
-                victim = sorted(await read_all(store))[0]
-                await store.delete(victim)
-                gone = await verify(spec, sinks.create(spec), conn, lambda e: True,  # type: ignore[arg-type]
-                                    since, time.time() + 1)  # fmt: skip
+            ok = await verify(spec, sinks.create(spec), pipe.log, lambda e: True,  # type: ignore[arg-type]
+                              since, time.time() + 1)  # fmt: skip
+            store = await shared.jetstream().object_store(bucket)
+            victim = sorted(await read_all(store))[0]
+            await store.delete(victim)
+            gone = await verify(spec, sinks.create(spec), pipe.log, lambda e: True,  # type: ignore[arg-type]
+                                since, time.time() + 1)  # fmt: skip
     assert ok.ok and ok.present == 6, ok.render()
     assert not gone.ok and gone.missing and gone.present + len(gone.missing) == 6
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -369,12 +368,8 @@ async def test_verify_counts_every_way_a_trail_can_be_wrong(tmp_path: Path) -> N
         s = spec(env)
 
         async def check(objects: dict[str, bytes], **kw: bool) -> Report:
-            conn = sqlite3.connect(log.path)
-            try:
-                return await verify(s, MemoryTrail(objects), conn, lambda e: True, since,
-                                    time.time() + 1, **kw)  # fmt: skip
-            finally:
-                conn.close()
+            return await verify(s, MemoryTrail(objects), log, lambda e: True, since,
+                                time.time() + 1, **kw)  # fmt: skip
 
         ok = await check(trail)
         assert ok.ok, ok.render()
