@@ -162,6 +162,35 @@ async def test_verify_reads_the_object_store(
     assert not gone.ok and gone.missing and gone.present + len(gone.missing) == 6
 
 
+@pytest.mark.parametrize("damage", ["altered", "truncated"])
+async def test_verify_reports_an_object_whose_bytes_no_longer_match_its_digest(
+    tmp_path: Path, shared: NatsClient, bucket: str, damage: str
+) -> None:
+    """The object store keeps each object's SHA-256 digest in its metadata: an object whose
+    chunk was rewritten behind the store's back (one byte changed, or cut short) is read
+    back as damaged and `relay audit verify` reports it, with its events missing."""
+    config = env(SHARED, bucket)
+    spec = load_sinks(config, sinks.declared_options())[0][0]
+    async with asyncio.timeout(30):
+        async with pipeline(tmp_path, config) as pipe:
+            since = time.time() - 1
+            await pipe.append([minio_event("photos", f"k{n}", n) for n in range(4)])
+            await pipe.settled()
+            js = shared.jetstream()
+            store = await js.object_store(bucket)
+            (victim,) = await read_all(store)
+            info = await store.get_info(victim)
+            chunk = f"$O.{bucket}.C.{info.nuid}"
+            body = (await js.get_last_msg(f"OBJ_{bucket}", chunk)).data or b""
+            await js.purge_stream(f"OBJ_{bucket}", subject=chunk)
+            tampered = body[:-1] + bytes([body[-1] ^ 1]) if damage == "altered" else body[:-20]
+            await js.publish(chunk, tampered, stream=f"OBJ_{bucket}")
+            report = await verify(spec, sinks.create(spec), pipe.log, lambda e: True,  # type: ignore[arg-type]
+                                  since, time.time() + 1)  # fmt: skip
+    assert not report.ok and report.present == 0, report.render()
+    assert any(victim in line for line in report.unreadable), report.render()
+
+
 async def test_an_outage_of_the_server_keeps_events_waiting(tmp_path: Path) -> None:
     with nats_server(tmp_path) as server:
         url = f"nats://127.0.0.1:{server.port}"
