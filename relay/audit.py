@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
+import json
 import os
 import time
 import zlib
@@ -317,6 +319,7 @@ def add_parser(sub: Any) -> None:
         "--allow-duplicates", action="store_true",
         help="report duplicated events but do not fail on them (after a replay)",
     )  # fmt: skip
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(run=cmd_verify)
 
 
@@ -344,7 +347,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except DeliveryError as exc:
             why = redact.for_spec(spec)(exc_text(exc))
             raise admin.AdminError(f"cannot read the trail of {spec.name}: {why}") from None
-    print(report.render())
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2, default=str))
+    else:
+        print(report.render())
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from relay import __version__, datadir, logs, progress, sinks
+from relay import __version__, completion, datadir, logs, progress, sinks
 from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, load_settings
 from relay.events import Unparseable, parse_body
 from relay.queue import admin, fsck
@@ -37,6 +37,13 @@ if TYPE_CHECKING:
 # are imported by the commands that use them: `relay serve` locks its data directory first.
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG, EXIT_DAMAGED = 0, 1, 2, 3
+EXIT_CODES = """exit status:
+  0  done; everything checked is healthy
+  1  a sink unreachable (check), a check that failed (audit verify), a body still unreadable
+     (quarantine retry), an operator error (no such dead letter, another relay holds the
+     data directory)
+  2  a configuration error, named with its variable
+  3  the log is damaged (fsck; serve with RELAY_ON_DAMAGE=refuse)"""
 T = TypeVar("T")
 
 
@@ -83,7 +90,12 @@ def _data_dir_lock(argv: Sequence[str]) -> datadir.DataDirLock | None:
 def _parser() -> argparse.ArgumentParser:
     from relay import audit
 
-    p = argparse.ArgumentParser(prog="relay", description="s3-notify-relay")
+    p = argparse.ArgumentParser(
+        prog="relay",
+        description="s3-notify-relay",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(metavar="command")
 
@@ -95,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         "--print-ddl", action="store_true",
         help="print the CREATE TABLE statements of the SQL sinks and exit",
     )  # fmt: skip
+    _json_flag(check)
     check.set_defaults(run=cmd_check)
     sub.add_parser(
         "config-reference", help="print every configuration key as Markdown"
@@ -111,9 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     f.set_defaults(run=cmd_fsck)
 
     queue = sub.add_parser("queue", help="the log").add_subparsers(metavar="action")
-    queue.add_parser("stats", help="events, cursors and backlog per sink").set_defaults(
-        run=cmd_queue_stats
-    )
+    stats_cmd = queue.add_parser("stats", help="events, cursors and backlog per sink")
+    _json_flag(stats_cmd)
+    stats_cmd.set_defaults(run=cmd_queue_stats)
 
     sinks_cmd = sub.add_parser("sinks", help="sinks in the log").add_subparsers(metavar="action")
     forget = sinks_cmd.add_parser(
@@ -126,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     d = dlq.add_parser("list", help="dead letters with their last error and state")
     _dead_letter_filters(d)
     d.add_argument("--limit", type=int, default=100)
+    _json_flag(d)
     d.set_defaults(run=cmd_dlq_list)
     d = dlq.add_parser("show")
     d.add_argument("id", type=int)
@@ -154,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     q = quarantine.add_parser("list")
     q.add_argument("--limit", type=int, default=100)
+    _json_flag(q)
     q.set_defaults(run=cmd_quarantine_list)
     q = quarantine.add_parser("show")
     q.add_argument("id", type=int)
@@ -200,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     t = rules.add_parser("test", help="which sinks an event body would reach, and why")
     t.add_argument("event_file")
     t.add_argument("--source", default="default")
+    _json_flag(t)
     t.set_defaults(run=cmd_rules_test)
     i = rules.add_parser("import", help="S3 NotificationConfiguration XML → rules TOML")
     i.add_argument("xml_file")
@@ -209,7 +225,28 @@ def _parser() -> argparse.ArgumentParser:
         "queue) to this sink; repeat for several",
     )  # fmt: skip
     i.set_defaults(run=cmd_rules_import)
+    c = sub.add_parser(
+        "completion", help="print a shell completion script (eval it, or source it from rc)"
+    )
+    c.add_argument("shell", choices=("bash", "zsh"))
+    c.set_defaults(run=cmd_completion)
     return p
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON (for scripts), not text")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    return str(value)
 
 
 def _dead_letter_filters(p: argparse.ArgumentParser) -> None:
@@ -266,6 +303,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"-- {spec.name}\n{module.ddl(spec)}")
         return EXIT_OK
     outputs = app.build_sinks(config)
+    if args.json:
+        return _check_json(config, outputs)
     print("relay settings:")
     for option in RELAY_OPTIONS:
         value = getattr(config.settings, option.key, None)
@@ -288,6 +327,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}")
     return EXIT_OK if healthy else EXIT_UNHEALTHY
+
+
+def _check_json(config: Config, outputs: Sequence[Any]) -> int:
+    settings = {}
+    for option in RELAY_OPTIONS:
+        value = getattr(config.settings, option.key, None)
+        if option.key == "listen":
+            value = f"{config.settings.listen_host}:{config.settings.listen_port}"
+        settings[f"RELAY_{option.env}"] = "***" if option.secret and value else value
+    out: list[dict[str, Any]] = []
+    for spec, sink in zip(config.specs, outputs):
+        hide = redact.for_spec(spec)
+        health = asyncio.run(_probe(sink))
+        options = {k: hide(_show(v)) for k, v in spec.redacted().items() if v not in ("", None, ())}
+        out.append({"name": spec.name, "options": options, "reachable": health.ok,
+                    "detail": hide(health.detail)})  # fmt: skip
+    _print_json({"settings": settings, "sinks": out, "rules": len(config.router.rules),
+                 "warnings": config.warnings})  # fmt: skip
+    return EXIT_OK if all(s["reachable"] for s in out) else EXIT_UNHEALTHY
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(completion.script(_parser(), args.shell))
+    return EXIT_OK
 
 
 async def _probe(sink: Any) -> Any:
@@ -382,6 +445,12 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
         )  # fmt: skip
 
     events, per_sink, dead, quarantined, orphans = _operate(config, read)
+    if args.json:
+        sinks_out = [{**dataclasses.asdict(s), "dead_letters": dead.get(s.sink, 0)}
+                     for s in per_sink]  # fmt: skip
+        _print_json({"events": events, "quarantined": quarantined, "sinks": sinks_out,
+                     "orphaned": orphans})  # fmt: skip
+        return EXIT_OK
     print(f"events in log: {events}")
     print(f"quarantined bodies: {quarantined}")
     print(f"{'sink':<28} {'cursor':>10} {'pending':>10} {'oldest pending':>16} "
@@ -462,6 +531,9 @@ def _fsck(config: Config, path: Path, repair: bool) -> int:
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     which = _dead_letter_filter(args)
     rows = _operate(_config(), lambda log: log.dead_letters(which, args.limit))
+    if args.json:
+        _print_json([{**dataclasses.asdict(d), "state": d.state} for d in rows])
+        return EXIT_OK
     for d in rows:
         print(f"{d.id:>6}  {_time(d.at)}  {d.sink:<24} seq={d.seq:<8} attempts={d.attempts:<3} "
               f"{d.event_name} {d.bucket}/{d.key}  {d.state}  error: {d.error}")  # fmt: skip
@@ -526,6 +598,10 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     rows = _operate(_config(), lambda log: log.quarantined(args.limit))
+    if args.json:
+        keys = ("id", "received_at", "source", "reason", "size")
+        _print_json([dict(zip(keys, row)) for row in rows])
+        return EXIT_OK
     for qid, at, source, reason, size in rows:
         print(f"{qid:>6}  {_time(at)}  source={source:<16} {size:>8} bytes  {reason}")
     print(f"{len(rows)} quarantined bod{'y' if len(rows) == 1 else 'ies'}")
@@ -601,6 +677,13 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return EXIT_UNHEALTHY
     names = [s.name for s in config.specs]
+    if args.json:
+        _print_json([
+            {"event_name": e.event_name, "bucket": e.bucket, "key": e.key,
+             "sinks": config.router.sinks_for(e), "rules": config.router.explain(e)}
+            for e in parsed.events
+        ])  # fmt: skip
+        return EXIT_OK
     for event in parsed.events:
         verdicts = config.router.explain(event)
         print(format_verdicts(event, verdicts, config.router.sinks_for(event)))

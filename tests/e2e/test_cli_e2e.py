@@ -195,3 +195,38 @@ async def test_check_warns_about_rules_naming_no_sink_and_matches_arn_case(
     warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
     assert any("qatlas" in w for w in warnings), result.stdout
     assert not any("MAIN" in w or "webhook:main" in w for w in warnings), warnings
+
+
+async def test_read_commands_speak_json_for_scripts(
+    tmp_path: Path, receiver: Receiver, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    receiver.status = 400  # one dead letter to list
+    relay = await relay_factory(env(receiver)).start()
+    assert await post_all(relay, [minio_body("photos", "a.jpg", 1)]) == [200]
+    await eventually(lambda: json.loads(relay.cli("dlq", "list", "--json").stdout))
+    (dead,) = json.loads(relay.cli("dlq", "list", "--json").stdout)
+    assert (dead["sink"], dead["key"], dead["state"]) == ("webhook:main", "a.jpg", "waiting")
+    stats = json.loads(relay.cli("queue", "stats", "--json").stdout)
+    assert stats["events"] == 1 and stats["sinks"][0]["sink"] == "webhook:main"
+    assert stats["sinks"][0]["dead_letters"] == 1
+    assert json.loads(relay.cli("quarantine", "list", "--json").stdout) == []
+    check = relay.cli("check", "--json", check=False)
+    report = json.loads(check.stdout)
+    assert check.returncode == 0 and report["sinks"][0]["reachable"] is True
+    assert report["settings"]["RELAY_AUTH_TOKENS"] == "***"  # no secret, as in text
+    event_file = tmp_path / "event.json"
+    event_file.write_bytes(minio_body("photos", "b.jpg", 2))
+    (routed,) = json.loads(relay.cli("rules", "test", str(event_file), "--json").stdout)
+    assert routed["sinks"] == ["webhook:main"] and routed["key"] == "b.jpg"
+
+
+def test_shell_completion_is_made_from_the_parser(tmp_path: Path) -> None:
+    script = relay_cli({}, "completion", "bash", cwd=tmp_path).stdout
+    words = subprocess.run(
+        ["bash", "-c", f'{script}\nCOMP_WORDS=(relay dlq retry --d); COMP_CWORD=3; '
+         '_relay_complete; echo "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert words == ["--dry-run"]
+    assert "bashcompinit" in relay_cli({}, "completion", "zsh", cwd=tmp_path).stdout
+    assert "exit status:" in relay_cli({}, "--help", cwd=tmp_path).stdout
