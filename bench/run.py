@@ -195,6 +195,7 @@ def write_results(t: Table, p: Profile, seconds: float, command: str) -> None:
         "| `python -m bench.scale [--events 10000000] [--ready-events 1000000]` | part 4 | ~10 min at 10M |",
         "| `python -m bench.growth [--sizes 10000,100000,1000000] [--repeat 2]` | part 5 | ~2 min |",
         "| `python -m bench.fill --events N --data-dir DIR [--sink NAME]` | a filled log, for your own runs | ~30 s per 1M |",
+        "| `python -m bench.policy [--events 5000] [--rate 200] [--schedule 1s,2s,4s,8s]` | RATE_LIMIT and RETRY_SCHEDULE as kept, at a receiver | ~1 min |",
         "| `python -m bench.pyspy_top PROFILE` | top frames of a `py-spy record -f raw` profile of the relay | |",
         "",
         "Options of bench.run: `--only ingest,latency,drain,scale,growth`, `--no-pin`, "

@@ -361,7 +361,8 @@ async def sinks(request: web.Request) -> web.Response:
         d = a.dispatchers[s.sink]
         out.append({
             "name": s.sink, "type": s.sink.split(":", 1)[0], "state": _state(d),
-            "up": d.up, "paused": d.paused, "cursor": s.cursor, "pending": s.pending,
+            "up": d.up, "paused": d.paused, "paused_reason": d.paused_reason,
+            "failing_since": d.failing_since, "cursor": s.cursor, "pending": s.pending,
             "redeliveries": s.redeliveries, "parked": s.parked,
             "holds_ingest": s.sink in a.log.blocked_by,
             "oldest_pending_age": round(max(0.0, now - s.oldest), 3) if s.oldest else None,
@@ -379,20 +380,21 @@ async def sinks(request: web.Request) -> web.Response:
 
 
 async def _sink_body(a: Admin, d: Dispatcher) -> dict[str, Any]:
-    return {"name": d.name, "state": _state(d), "paused": d.paused, "up": d.up}
+    return {"name": d.name, "state": _state(d), "paused": d.paused,
+            "paused_reason": d.paused_reason, "up": d.up}  # fmt: skip
 
 
 async def pause(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     d = a.dispatcher(request.match_info["name"])
-    d.pause()
+    await d.pause()
     return _json(await _sink_body(a, d))
 
 
 async def resume(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     d = a.dispatcher(request.match_info["name"])
-    d.resume()
+    await d.resume()
     return _json(await _sink_body(a, d))
 
 

@@ -23,6 +23,7 @@ from relay.config import (
     load_settings,
     load_sinks,
     parse_start,
+    unknown_settings,
 )
 from relay.datadir import DataDirLock
 from relay.delivery.dispatcher import Dispatcher, Policy
@@ -54,6 +55,7 @@ def load_config(env: Mapping[str, str]) -> Config:
     settings = load_settings(env)
     admin_api.check(settings)
     specs, warnings = load_sinks(env, sinks.declared_options(), settings)
+    warnings += unknown_settings(env)
     router = load_router(env, settings, [s.name for s in specs])
     warnings += router.warnings
     warnings += list(ingest.ingest_warnings(settings))

@@ -9,6 +9,7 @@ declares its options (`OPTIONS`) next to the code that uses them; this module on
 from __future__ import annotations
 
 import builtins
+import difflib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,10 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[unit]
 
 
+def parse_durations(text: str) -> tuple[float, ...]:
+    return tuple(parse_duration(item) for item in parse_list(text))
+
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 _SIZE_UNITS = {
     "": 1,
@@ -96,6 +101,13 @@ def parse_int(text: str) -> int:
         raise ValueError(f"{text!r} is not a whole number") from None
 
 
+def parse_number(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+
+
 def parse_start(text: str) -> str | float:
     """A sink's START: `latest`, `earliest` or an RFC 3339 time (as unix seconds)."""
     word = text.strip().lower()
@@ -121,8 +133,10 @@ def parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
 _PARSERS: dict[str, Any] = {
     "str": str,
     "int": parse_int,
+    "number": parse_number,
     "bool": parse_bool,
     "duration": parse_duration,
+    "durations": parse_durations,
     "size": parse_size,
     "list": parse_list,
     "networks": parse_networks,
@@ -135,7 +149,7 @@ class Option:
     from these declarations by `relay config-reference`)."""
 
     key: str  # lower-case key, e.g. "auth_token"; the env name is its upper-case form
-    kind: str  # str | int | bool | duration | size | list | networks | choice
+    kind: str  # str | int | number | bool | duration(s) | size | list | networks | choice
     default: Any
     doc: str
     secret: bool = False
@@ -363,6 +377,23 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     return Settings(listen_host=host.strip("[]") or "0.0.0.0", listen_port=int(port), **values)
 
 
+def unknown_settings(env: Mapping[str, str]) -> list[str]:
+    """Warnings for RELAY_* variables the relay does not read (a misspelt RELAY_ADMIN_TOKENS
+    would otherwise leave the admin API off without a word). Not errors: a shell may
+    export RELAY_* of its own."""
+    known = {"RELAY_" + o.env for o in RELAY_OPTIONS}
+    out = []
+    for variable in sorted(env):
+        if not variable.startswith("RELAY_") or variable in known:
+            continue
+        if variable.startswith("RELAY_RULE_"):  # rules (relay/rules.py) check their own
+            continue
+        close = difflib.get_close_matches(variable, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{variable}: not a relay setting; ignored{hint}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Sinks from RUSTFS_NOTIFY_* / MINIO_NOTIFY_*
 
@@ -391,6 +422,7 @@ class _Unit:
 
 
 Duration = Annotated[float, _Unit("duration")]  # seconds, from `500ms`, `5s`, `2m`, …
+Durations = Annotated[tuple[float, ...], _Unit("durations")]  # from `5s,30s,5m`
 Size = Annotated[int, _Unit("size")]  # bytes, from `512KiB`, `8MiB`, …
 
 
@@ -428,7 +460,8 @@ class SinkConfig(msgspec.Struct, kw_only=True, frozen=True):
         int,
         Key(
             "Attempts before an event that keeps failing with a retryable error is "
-            "dead-lettered; 0 = never (an outage never fills the DLQ)."
+            "dead-lettered; 0 = never (an outage never fills the DLQ), or with RETRY_SCHEDULE "
+            "its steps + 1."
         ),
     ] = 0
     max_age: Annotated[
@@ -441,6 +474,32 @@ class SinkConfig(msgspec.Struct, kw_only=True, frozen=True):
             "across restarts)."
         ),
     ] = 30.0
+    retry_schedule: Annotated[
+        Durations,
+        Key(
+            "The waits between attempts of a failing event, in order (e.g. "
+            "`5s,30s,5m,30m,2h,5h,10h`), followed as written instead of the exponential "
+            "backoff: the event is dead-lettered when the attempt after the last step fails "
+            "(a MAX_ATTEMPTS beyond that repeats the last step)."
+        ),
+    ] = ()
+    rate_limit: Annotated[
+        float,
+        Key(
+            "Most events per second handed to the sink (0 = no limit), so draining a backlog "
+            "does not flatten the target; bursts up to RATE_BURST."
+        ),
+    ] = 0.0
+    rate_burst: Annotated[
+        int, Key("Events that may go at once under RATE_LIMIT; 0 = one second's worth.")
+    ] = 0
+    pause_after: Annotated[
+        Duration,
+        Key(
+            "A sink that keeps failing this long without a single delivery is paused (logged, "
+            "relay_sink_paused, kept across restarts) until an operator resumes it; 0 = never."
+        ),
+    ] = 0.0
     max_parked: Annotated[
         int,
         Key(
@@ -519,7 +578,7 @@ def options_of(config: type[SinkConfig]) -> tuple[Option, ...]:
         elif get_origin(base) is Literal:
             kind, choices = "choice", tuple(get_args(base))
         else:
-            kind = {bool: "bool", int: "int", str: "str", float: "duration"}.get(base, "list")
+            kind = {bool: "bool", int: "int", str: "str", float: "number"}.get(base, "list")
         option = Option(f.name, kind, f.default, key.doc, key.secret, key.required, choices,
                         key.env_key, key.aliases)  # fmt: skip
         options.append(option)
@@ -707,6 +766,9 @@ def _make_spec(
         for key in ("batch_size", "concurrency", "max_parked"):
             if values[key] < 1:
                 raise ConfigError(f"{spec.variable(key)}: must be at least 1")
+        for key in ("rate_limit", "rate_burst", "pause_after"):
+            if values[key] < 0:
+                raise ConfigError(f"{spec.variable(key)}: must not be negative")
         if "start" in values:
             try:
                 parse_start(values["start"])

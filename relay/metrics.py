@@ -104,6 +104,12 @@ UNEXPECTED_PRINCIPAL = Counter(
     "Events written to an audit trail whose principal is not in RELAY_EXPECTED_PRINCIPALS.",
     ["bucket"], registry=REGISTRY,
 )  # fmt: skip
+SINK_PAUSED = Gauge(
+    "relay_sink_paused",
+    "1 while the sink is paused: by an operator (reason=operator) or because it failed "
+    "PAUSE_AFTER long without a delivery (reason=pause_after); resumed only by an operator.",
+    ["sink", "reason"], registry=REGISTRY,
+)  # fmt: skip
 SINK_UP = Gauge(
     "relay_sink_up", "1 when the sink's last attempt succeeded, 0 while it is failing.",
     ["sink"], registry=REGISTRY,
@@ -222,6 +228,8 @@ def install(log: LogBackend, sinks: Sequence[str]) -> None:
     _COLLECTORS.append(collector)
     for sink in sinks:
         SINK_UP.labels(sink).set(0)
+        for reason in ("operator", "pause_after"):
+            SINK_PAUSED.labels(sink, reason).set(0)
         for outcome in ("delivered", "retry", "dead_letter"):
             DELIVERIES.labels(sink, outcome)
         RETRIES.labels(sink)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from relay.delivery import lanes
 from relay.delivery import missed as missed_events
 from relay.delivery.parked import Parked
 from relay.delivery.plan import Limits, Outcome, Round, backoff, plan, unfinished
+from relay.delivery.ratelimit import TokenBucket
 from relay.delivery.stale import WINDOW, Newest, is_stale
 from relay.events import lane, order_token
 from relay.queue.backend import LogBackend
@@ -58,6 +60,10 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     start: str = "latest"  # where a new sink starts (relay/queue/lifecycle.py)
     stale: str = "flag"  # deliver | flag | drop (auto is resolved by from_spec)
     quick_attempts: int = QUICK_ATTEMPTS
+    retry_schedule: tuple[float, ...] = ()
+    rate_limit: float = 0.0  # events/s, 0: none
+    rate_burst: int = 0
+    pause_after: float = 0.0
 
     @classmethod
     def from_spec(cls, spec: SinkSpec, sink: Sink | None = None) -> Policy:
@@ -65,6 +71,14 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
         policy = msgspec.convert(spec.options, cls)
         if policy.stale == "auto":
             policy = msgspec.structs.replace(policy, stale=getattr(sink, "stale_default", "flag"))
+        if policy.retry_schedule:
+            # The operator's schedule is followed as written: no quick in-process tries
+            # before its first step, and (unless MAX_ATTEMPTS says) none after its last.
+            policy = msgspec.structs.replace(
+                policy,
+                quick_attempts=1,
+                max_attempts=policy.max_attempts or len(policy.retry_schedule) + 1,
+            )
         return policy
 
     @property
@@ -75,7 +89,19 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_attempts, self.max_age, self.backoff_max, self.max_parked)
+        return Limits(
+            self.max_attempts, self.max_age, self.backoff_max, self.max_parked, self.retry_schedule
+        )
+
+    @property
+    def batch_limit(self) -> int:
+        """Events per round: under RATE_LIMIT no more than a burst, so a round's events
+        are let through at once."""
+        return min(self.batch_size, self.burst) if self.rate_limit else self.batch_size
+
+    @property
+    def burst(self) -> int:
+        return self.rate_burst or max(1, math.ceil(self.rate_limit))
 
     @property
     def batch_timeout(self) -> float:
@@ -128,10 +154,14 @@ class Dispatcher:
         self._loaded = False
         self._stop = asyncio.Event()
         self._wake: asyncio.Event | None = None
-        # Cleared while an operator has paused the sink (admin API). In memory only: a
-        # restart resumes every sink; the events wait in the log meanwhile.
+        # Cleared while the sink is paused (by an operator, or by PAUSE_AFTER); the log
+        # keeps the pause across restarts, and the events wait in the log meanwhile.
         self._running = asyncio.Event()
         self._running.set()
+        self.paused_reason: str | None = None
+        self.failing_since: float | None = None  # the first failure since the last delivery
+        self._state_loaded = False
+        self._bucket = TokenBucket(policy.rate_limit, policy.burst) if policy.rate_limit else None
         # The commit of the last batch's cursor advance, made while the next batch is read
         # and sent (see _settle): at most one in flight.
         self._settling: asyncio.Future[None] | None = None
@@ -149,16 +179,63 @@ class Dispatcher:
     def paused(self) -> bool:
         return not self._running.is_set()
 
-    def pause(self) -> None:
+    async def pause(self, reason: str = "operator") -> None:
         """Deliver nothing more after the batch in flight; events wait in the log."""
         if not self.paused:
-            self._running.clear()
-            log.info("sink paused", extra={"sink": self.name})
+            await self.log.set_paused(self.name, reason)
+            self._paused(reason)
+            log.info("sink paused", extra={"sink": self.name, "reason": reason})
 
-    def resume(self) -> None:
+    async def resume(self) -> None:
+        """Deliver again; failures count towards PAUSE_AFTER afresh."""
         if self.paused:
+            await self.log.set_paused(self.name, None)
+            await self._delivering()
+            assert self.paused_reason is not None
+            metrics.SINK_PAUSED.labels(self.name, self.paused_reason).set(0)
+            self.paused_reason = None
             self._running.set()
             log.info("sink resumed", extra={"sink": self.name})
+
+    def _paused(self, reason: str) -> None:
+        self.paused_reason = reason
+        self._running.clear()
+        metrics.SINK_PAUSED.labels(self.name, reason).set(1)
+
+    async def _load_state(self) -> None:
+        """A pause and a run of failures from before a restart."""
+        if self._state_loaded:
+            return
+        state = await asyncio.to_thread(self.log.sink_state, self.name)
+        self.failing_since = state.failing_since
+        if state.paused:
+            self._paused(state.paused)
+            log.warning(
+                "sink paused before the restart; it stays paused until an operator resumes it",
+                extra={"sink": self.name, "reason": state.paused},
+            )  # fmt: skip
+        self._state_loaded = True
+
+    async def _failing(self, error: str) -> None:
+        """A failure with no delivery since the last: past PAUSE_AFTER of them, pause."""
+        now = time.time()
+        if self.failing_since is None:
+            self.failing_since = now
+            await self.log.set_failing_since(self.name, now)
+        limit = self.policy.pause_after
+        if limit and not self.paused and now - self.failing_since >= limit:
+            log.error(
+                "sink paused: it failed PAUSE_AFTER long without a single delivery; its "
+                "events wait in the log until an operator resumes it",
+                extra={"sink": self.name, "failing_since": self.failing_since,
+                       "pause_after": limit, "error": self.redact(error)},
+            )  # fmt: skip
+            await self.pause("pause_after")
+
+    async def _delivering(self) -> None:
+        if self.failing_since is not None:
+            self.failing_since = None
+            await self.log.set_failing_since(self.name, None)
 
     async def _until_resumed(self) -> None:
         await _first_of(self._running.wait(), self._stop.wait())
@@ -253,11 +330,15 @@ class Dispatcher:
         self._observe(outcome)
         await self._settle(outcome.settlement, work)
         self._remember(outcome)
+        if outcome.progressed:
+            await self._delivering()
+        elif outcome.failing:
+            await self._failing(outcome.failing[-1][3])
 
     # -- reading ------------------------------------------------------------------------------
 
     async def _next_work(self) -> _Work | None:
-        limit = self.policy.batch_size
+        limit = self.policy.batch_limit
         work = _Work()
         due = self.parked.due(time.time(), limit)
         if due:
@@ -330,7 +411,7 @@ class Dispatcher:
         p = self.policy
         return (
             p.batch_wait > 0
-            and 0 < len(work.entries) < p.batch_size
+            and 0 < len(work.entries) < p.batch_limit
             and not work.full
             and time.time() < work.entries[0].received_at + p.batch_wait
             and not self._stop.is_set()
@@ -415,9 +496,11 @@ class Dispatcher:
         if isinstance(result, Retryable):
             self._marker_failures += 1
             self._mark_down(exc_text(result))
+            await self._failing(exc_text(result))
             await self._sleep(backoff(self._marker_failures, self.policy.backoff_max) + 0.05)
             return
         self._marker_failures = 0
+        await self._delivering()
         if result is not None:  # refused for good: said once, not retried
             log.error(
                 "relay:MissedEvents marker refused by the sink; it is not sent again",
@@ -460,6 +543,7 @@ class Dispatcher:
         attempts = 0
         while not self._stop.is_set():
             try:
+                await self._load_state()
                 await asyncio.wait_for(self.sink.start(), self.policy.batch_timeout)
                 # A started sink is not yet a reachable one (a webhook connects lazily): its
                 # own probe says, so an idle healthy sink reads up and an absent target down.
@@ -472,6 +556,9 @@ class Dispatcher:
             except Exception as exc:  # start failures of any kind: keep probing
                 attempts += 1
                 self._mark_down(f"cannot start: {describe(exc)}")
+                if self._state_loaded:
+                    with contextlib.suppress(Exception):  # the log failing: the round says
+                        await self._failing(f"cannot start: {describe(exc)}")
                 await self._sleep(backoff(attempts, self.policy.backoff_max) + 0.1)
         return False
 
@@ -524,6 +611,8 @@ class Dispatcher:
         return results
 
     async def _send_once(self, batch: list[LogEntry]) -> list[Result]:
+        if self._bucket is not None:
+            await self._sleep(self._bucket.take(len(batch)))
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.policy.batch_timeout):

@@ -36,6 +36,7 @@ class Limits:
     max_age: float = 0.0
     backoff_max: float = 30.0
     max_parked: int = 10_000
+    schedule: tuple[float, ...] = ()  # RETRY_SCHEDULE: the waits after attempt 1, 2, …
 
 
 @dataclass(slots=True)
@@ -72,6 +73,14 @@ class Outcome:
 def backoff(attempts: int, cap: float) -> float:
     """Exponential with full jitter: uniform in [0, min(cap, 2^(attempts-1)) s]."""
     return random.uniform(0.0, min(cap, 2.0 ** min(max(0, attempts - 1), 62)))
+
+
+def retry_delay(limits: Limits, attempts: int) -> float:
+    """The wait after the `attempts`-th failure: the schedule's step (its last repeats), as
+    written, or the exponential backoff."""
+    if limits.schedule:
+        return limits.schedule[min(max(attempts, 1), len(limits.schedule)) - 1]
+    return backoff(attempts, limits.backoff_max)
 
 
 def exhausted(limits: Limits, entry: LogEntry, attempts: int, now: float) -> bool:
@@ -138,7 +147,7 @@ def plan(r: Round, limits: Limits, now: float) -> Outcome:
 
     heads = [head for head, _ in failing] + ([hold] if hold is not None else [])
     for entry, attempts, first_at, error in heads:
-        next_at = now + backoff(attempts, limits.backoff_max)
+        next_at = now + retry_delay(limits, attempts)
         s.retries.append((entry.seq, attempts, first_at, next_at, error))
     out.failing = heads
     out.parked = [head[0] for head, _ in failing]

@@ -47,6 +47,7 @@ from relay.queue.log import (
     Missed,
     ParkedRow,
     Settlement,
+    SinkState,
 )
 from relay.queue.stats import Orphan, SinkStats
 
@@ -127,6 +128,15 @@ class LogBackend(Protocol):
         ...
 
     def retry_state(self, sink: str, seq: int) -> tuple[int, float, float, str] | None: ...
+
+    def sink_state(self, sink: str) -> SinkState: ...
+
+    async def set_paused(self, sink: str, reason: str | None) -> None:
+        """Pause `sink` (why: `operator`, `pause_after`) or, with None, resume it; kept
+        across restarts."""
+
+    async def set_failing_since(self, sink: str, at: float | None) -> None:
+        """The first failure since the sink's last delivery (None: it delivers)."""
 
     def retry_states(self, sink: str, seqs: Sequence[int]) -> dict[int, tuple[int, float]]: ...
 

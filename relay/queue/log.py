@@ -126,6 +126,16 @@ class Missed:
 
 
 @dataclass(frozen=True, slots=True)
+class SinkState:
+    """What the log keeps of a sink besides its events: whether it is paused and why
+    (`operator`, `pause_after`), and since when it fails without a delivery."""
+
+    paused: str | None = None
+    paused_at: float | None = None
+    failing_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ParkedRow:
     seq: int
     bucket: str
@@ -500,6 +510,21 @@ class Log:
     def cursor(self, sink: str) -> int:
         row = self.reader().execute(Q["get_cursor"], (sink,)).fetchone()
         return int(row[0]) if row else 0
+
+    def sink_state(self, sink: str) -> SinkState:
+        cursor = self.reader().cursor()
+        cursor.row_factory = sqlite3.Row
+        row = cursor.execute(Q["sink_state"], {"sink": sink}).fetchone()
+        return SinkState(**dict(row)) if row else SinkState()
+
+    async def set_paused(self, sink: str, reason: str | None) -> None:
+        at = time.time() if reason else None
+        await self.write(
+            lambda c: c.execute(Q["set_paused"], {"sink": sink, "reason": reason, "at": at})
+        )
+
+    async def set_failing_since(self, sink: str, at: float | None) -> None:
+        await self.write(lambda c: c.execute(Q["set_failing_since"], {"sink": sink, "at": at}))
 
     def retry_state(self, sink: str, seq: int) -> tuple[int, float, float, str] | None:
         return self.reader().execute(Q["get_retry"], (sink, seq)).fetchone()

@@ -58,6 +58,13 @@ def _dead_letter_retrying_to(db: Database) -> None:
     db.execute(Q["add_dead_letter_retrying_to"])
 
 
+@MIGRATIONS(name="0007_sink_pause")
+def _sink_pause(db: Database) -> None:
+    db.execute(Q["add_cursor_paused"])
+    db.execute(Q["add_cursor_paused_at"])
+    db.execute(Q["add_cursor_failing_since"])
+
+
 def migrate(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:

@@ -353,8 +353,10 @@ SELECT sink, seq, orphaned_at FROM cursors ORDER BY sink;
 
 -- name: start_cursor
 -- A new sink, or one configured again after it was removed, starts where START says.
+-- One configured again starts afresh: not paused, no failures counted.
 INSERT INTO cursors (sink, seq, updated_at, orphaned_at) VALUES (:sink, :seq, :now, NULL)
-ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq, updated_at = :now, orphaned_at = NULL;
+ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq, updated_at = :now, orphaned_at = NULL,
+    paused = NULL, paused_at = NULL, failing_since = NULL;
 
 -- name: orphan_cursor
 UPDATE cursors SET orphaned_at = :now WHERE sink = :sink AND orphaned_at IS NULL;
@@ -403,3 +405,28 @@ FROM cursors c WHERE c.orphaned_at IS NOT NULL ORDER BY c.sink;
 
 -- name: add_dead_letter_retrying_to
 ALTER TABLE dead_letters ADD COLUMN retrying_to TEXT;
+
+-- Schema version 7: a sink's pause (by an operator, or by its PAUSE_AFTER) and the start of
+-- its current run of failures, kept across restarts (a pause an operator made is not undone
+-- by a restart; PAUSE_AFTER counts the days a sink failed, not the time since the relay
+-- last started).
+
+-- name: add_cursor_paused
+ALTER TABLE cursors ADD COLUMN paused TEXT;
+
+-- name: add_cursor_paused_at
+ALTER TABLE cursors ADD COLUMN paused_at REAL;
+
+-- name: add_cursor_failing_since
+ALTER TABLE cursors ADD COLUMN failing_since REAL;
+
+-- name: sink_state
+-- `paused`: why (operator, pause_after), NULL while it runs; `failing_since`: the first
+-- failure since its last delivery, NULL while it delivers.
+SELECT paused, paused_at, failing_since FROM cursors WHERE sink = :sink;
+
+-- name: set_paused
+UPDATE cursors SET paused = :reason, paused_at = :at WHERE sink = :sink;
+
+-- name: set_failing_since
+UPDATE cursors SET failing_since = :at WHERE sink = :sink;

@@ -101,7 +101,10 @@ function renderSinks(data) {
     const row = document.createElement("tr");
     row.dataset.sink = s.name;
     cell(row, s.name, "key");
-    cell(row, s.holds_ingest ? s.state + " (holds ingest)" : s.state, "state " + s.state);
+    let state = s.state;
+    if (s.paused_reason === "pause_after") state += " (failing too long)";
+    if (s.holds_ingest) state += " (holds ingest)";
+    cell(row, state, "state " + s.state);
     cell(row, s.pending, "num pending");
     cell(row, age(s.oldest_pending_age), "num");
     cell(row, rate(s.delivery_rate), "num");

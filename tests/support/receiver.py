@@ -35,6 +35,7 @@ class Receiver:
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     attempts: int = 0
+    attempted_at: list[float] = field(default_factory=list)  # every request, answered or not
     port: int = 0
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Condition | None = None
@@ -61,6 +62,7 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.attempts += 1
+        self.attempted_at.append(time.monotonic())
         body = await request.read()
         status = self.status(self.attempts) if callable(self.status) else self.status
         if self.refuse is not None and self.refuse(json.loads(body)):

@@ -169,3 +169,16 @@ def test_no_setting_is_read_from_the_environment_behind_the_declared_options() -
         if direct.search(text)
     ]
     assert found == []
+
+
+def test_a_relay_variable_the_relay_does_not_read_is_warned_about() -> None:
+    from relay.app import load_config
+
+    env = {"RELAY_ADMIN_TOKEN": "x" * 20, "RELAY_RULE_A_PREFIX": "p/", "RELAY_RULE_A_SINKS": "*",
+           "RELAY_LISTEN": "127.0.0.1:0", "RUSTFS_NOTIFY_FILE_ENABLE_L": "on",
+           "RUSTFS_NOTIFY_FILE_PATH_L": "events.ndjson"}  # fmt: skip
+    warnings = load_config(env).warnings
+    assert [w for w in warnings if "not a relay setting" in w] == [
+        "RELAY_ADMIN_TOKEN: not a relay setting; ignored (did you mean RELAY_ADMIN_TOKENS?)"
+    ]
+    assert "x" * 20 not in " ".join(warnings)  # the value, possibly a secret, is not shown
