@@ -18,12 +18,14 @@ serve: $(STAMP)
 	RELAY_LOG_FORMAT=$${RELAY_LOG_FORMAT:-text} $(BIN)/relay serve
 
 # What the tests talk to: the machine's servers (started if stopped), Ceph RGW (a real S3
-# server and notification sender) and Chromium (the status page's browser test). Each script
-# is quiet and quick when its part is already there.
+# server and notification sender), Chromium (the status page's browser test) and Prometheus
+# with promtool (the alert rules and the dashboard's queries). Each script is quiet and quick
+# when its part is already there.
 test-servers:
 	bash scripts/ensure-servers.sh
 	bash scripts/install-ceph.sh
 	bash scripts/install-browser.sh
+	bash scripts/install-prometheus.sh
 
 test: $(STAMP) test-servers
 	$(BIN)/ruff check relay tests bench
