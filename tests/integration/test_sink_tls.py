@@ -22,7 +22,7 @@ import json
 import logging
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,13 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from relay import tls
+from relay import sinks, tls
+from relay.config import ConfigError, load_sinks
+from relay.sinks import audit_bucket
 from relay.sinks.base import Health
+from relay.sinks.tls import CaBundle
+from tests.support.ceph import INSTALL_HINT as CEPH_HINT
+from tests.support.ceph import S3, Ceph, CephError, missing_binaries, start_ceph
 from tests.support.certs import Pki, make_pki
 from tests.support.databases import private_mariadb, private_postgres
 from tests.support.pipeline import minio_event, pipeline
@@ -470,3 +475,91 @@ async def test_nats_objects_refuse_a_server_its_ca_did_not_sign(
             tmp_path, objects_env(server.port, "relay-tls", TLS_CA=str(pki.ca.cert)), caplog
         )
         assert SECRET not in error and not health.ok
+
+
+# -- the audit bucket (Ceph RGW over HTTPS) -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ceph, Pki]]:
+    """A one-node Ceph whose radosgw serves HTTPS with a private CA's certificate (~15 s to
+    start, once for the module)."""
+    missing = missing_binaries()
+    if missing:  # a missing installation fails the run, it never skips
+        pytest.fail(f"Ceph is not installed ({', '.join(missing)} missing): {CEPH_HINT}",
+                    pytrace=False)  # fmt: skip
+    directory = tmp_path_factory.mktemp("ceph-tls")
+    pki = make_pki(directory / "pki")
+    try:
+        cluster = start_ceph(directory / "ceph", tls=pki.server_tls)
+    except CephError as exc:
+        pytest.fail(f"could not start the Ceph test cluster: {exc}", pytrace=False)
+    try:
+        yield cluster, pki
+    finally:
+        cluster.stop()
+
+
+def put_in_place(source: Path, target: Path) -> None:
+    """Replace `target` with `source`'s bytes as cert-manager does (write aside, rename)."""
+    temporary = target.with_suffix(".new")
+    temporary.write_bytes(source.read_bytes())
+    temporary.replace(target)
+
+
+async def test_audit_bucket_verifies_rgw_and_picks_up_a_replaced_ca_bundle(
+    tmp_path: Path, rgw: tuple[Ceph, Pki], caplog: pytest.LogCaptureFixture
+) -> None:
+    """RGW asks for no client certificate (and obstore could not present one): what rotates
+    here is the CA bundle the relay trusts. It starts with the wrong one: refused, with an
+    error that says so; the right one put in its place is picked up, without a restart."""
+    ceph, pki = rgw
+    bucket = f"relay-tls-{uuid.uuid4().hex[:8]}"
+    async with S3(ceph) as s3:
+        await s3.create_bucket(bucket)
+    trust = tmp_path / "trust.pem"
+    put_in_place(pki.wrong.cert, trust)
+    config = sink_env("audit_bucket", ENDPOINT=ceph.tls_endpoint, BUCKET=bucket,
+                      ACCESS_KEY=ceph.access_key, SECRET_KEY=ceph.secret_key, TLS_CA=str(trust),
+                      MAX_OBJECT_AGE="0")  # fmt: skip
+    caplog.set_level(logging.INFO, logger="relay")
+    async with asyncio.timeout(90), pipeline(tmp_path, config) as pipe:
+        await pipe.append([minio_event("photos", "k", 1)])
+        await eventually(lambda: pipe.dispatcher.up is False, timeout=30)
+        health = await pipe.sink.health()
+        down = [r.error for r in caplog.records if r.getMessage() == "sink down"]  # type: ignore[attr-defined]
+        shown = [pipe.dispatcher.redact(health.detail), *down]
+        for text in shown:
+            assert "certificate was refused (UnknownIssuer" in text, text
+            assert ceph.secret_key not in text
+        assert not health.ok
+
+        put_in_place(pki.ca.cert, trust)  # the operator fixes the bundle on disk
+        await rotated()
+        await pipe.settled(timeout=60)
+        assert await pipe.dead_letters() == []
+        assert (await pipe.sink.health()).ok
+    async with S3(ceph) as s3:
+        (name,) = await s3.list_keys(bucket)
+        body = (await s3.request("GET", bucket, name)).body
+    (line,) = body.splitlines()
+    assert json.loads(line)["record"]["s3"]["object"]["sequencer"] == f"{1:016X}"
+
+
+def test_a_bundle_caught_half_written_leaves_the_last_good_one_in_use(pki: Pki) -> None:
+    trust = pki.cert.parent / "bundle.pem"
+    put_in_place(pki.ca.cert, trust)
+    (spec,), _ = load_sinks(sink_env("audit_bucket", BUCKET="b", TLS_CA=str(trust)),
+                            sinks.declared_options())  # fmt: skip
+    bundle = CaBundle(spec, spec.typed(audit_bucket.Config))
+    assert bundle.current == (0, pki.ca.cert.read_bytes())
+    for half_written in (b"", pki.wrong.cert.read_bytes()[:100]):
+        trust.write_bytes(half_written)
+        tls.check()
+        assert bundle.current == (0, pki.ca.cert.read_bytes())
+    put_in_place(pki.wrong.cert, trust)
+    tls.check()
+    assert bundle.current == (1, pki.wrong.cert.read_bytes())
+    trust.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="TLS_CA_T: cannot load TLS files"):
+        CaBundle(spec, spec.typed(audit_bucket.Config))
