@@ -1,18 +1,24 @@
-"""TLS on every sink whose server speaks it, against the real server of its own: the server's
-certificate verified against a private CA, a client certificate where the server asks for
-one, a wrong CA refused with an error that says so (and no secret), and a client certificate
-replaced on disk picked up by the running sink, without a restart.
+"""TLS of the PostgreSQL, MariaDB, AMQP, Kafka, NATS object store and audit bucket sinks,
+each against a real server of its own: the server's certificate verified against a private
+CA, a client certificate where the server asks for one, a wrong CA refused with an error
+that says so (and no password), and a client certificate replaced on disk picked up by the
+running sink, without a restart. (The webhook's, Redis's, MQTT's and the NATS sink's TLS are
+tested in their own files, ingest's and the webhook's rotation in tests/e2e.)
 
 The shared servers cannot be given TLS, so each test starts a private instance with its
 certificate, requiring client certificates signed by the CA (tests/support/certs.py). The
-rotation is seen from the server's side, which names the certificate of each connection, and
-a connection is cut there so that the sink reconnects: connections already open keep the
-certificate they were made with, new ones use the new files.
+rotation is seen from the server's side, which names the certificate of each connection (or,
+for MariaDB, lets in only the new one), and the relay's connections are cut there so that
+the sink reconnects: connections already open keep the certificate they were made with, new
+ones use the new files. Two servers stand in partly: Tansu serves no TLS, so socat's OpenSSL
+listener is the TLS server in front of it; Ceph RGW asks for no client certificate, so for
+the audit bucket the CA bundle is what is replaced.
 
-Where the certificate is read: a sink whose client takes an ssl.SSLContext gets one from
+Where the files are read: a sink whose client takes an ssl.SSLContext gets one from
 relay/sinks/tls.py, which relay/tls.py reloads in place when the files change (every two
 seconds, and at once on SIGHUP; a test calls `relay.tls.check()`, what both run). libpq
-(PostgreSQL) reads the files itself on every new connection.
+(PostgreSQL) reads the files itself for every new connection; obstore (the audit bucket)
+takes the CA bundle's bytes, and a new client is made when they change (CaBundle).
 """
 
 from __future__ import annotations
