@@ -18,12 +18,15 @@ serve: $(STAMP)
 	RELAY_LOG_FORMAT=$${RELAY_LOG_FORMAT:-text} $(BIN)/relay serve
 
 # What the tests talk to: the machine's servers (started if stopped), Ceph RGW (a real S3
-# server and notification sender) and Chromium (the status page's browser test). Each script
-# is quiet and quick when its part is already there.
+# server and notification sender), Chromium (the status page's browser test), Prometheus
+# with promtool (the alert rules and the dashboard's queries) and socat (the TLS front of the
+# Kafka broker, which serves no TLS itself). Each is quiet and quick when already there.
 test-servers:
 	bash scripts/ensure-servers.sh
 	bash scripts/install-ceph.sh
 	bash scripts/install-browser.sh
+	bash scripts/install-prometheus.sh
+	bash scripts/apt-install.sh socat "the Kafka sink's TLS tests" socat
 
 test: $(STAMP) test-servers
 	$(BIN)/ruff check relay tests bench

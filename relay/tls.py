@@ -4,10 +4,12 @@ connections use them within seconds, with no restart and no lost event. Connecti
 open keep the certificate they were made with.
 
 Every context built from files (the ingest server's here, each sink's in
-relay/sinks/tls.py) is registered with `keep_fresh`; `watch()` polls the files' change
-times and SIGHUP checks at once. A file that cannot be loaded (caught half-written, say)
-leaves the previous certificate in use and is tried again at the next check. CA bundles are
-added to, not replaced: removing a trusted CA takes a restart.
+relay/sinks/tls.py) is registered with `keep_fresh`; a client that takes the files' bytes
+instead of a context registers what to do when they change with `on_change`. `watch()`
+polls the files' change times and SIGHUP checks at once. A file that cannot be loaded
+(caught half-written, say) leaves the previous certificate in use and is tried again at the
+next check. CA bundles are added to a context, not replaced: removing a trusted CA takes a
+restart.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ CHECK_EVERY = 2.0  # seconds between checks of the files
 @dataclass
 class _Watched:
     what: str  # for log lines: "ingest", "sink webhook:primary"
-    context: ssl.SSLContext
     files: tuple[Path, ...]
-    load: Callable[[ssl.SSLContext], None]
+    reload: Callable[[], None]  # raises OSError or ssl.SSLError when the files cannot be used
     stamps: tuple[tuple[int, int], ...]
 
 
@@ -52,9 +53,16 @@ def _stamps(files: Sequence[Path]) -> tuple[tuple[int, int], ...]:
 def keep_fresh(
     what: str, context: ssl.SSLContext, files: Sequence[str], load: Callable[[ssl.SSLContext], None]
 ) -> None:
+    """Load `files` into `context` again (with `load`) whenever one of them changes."""
+    on_change(what, files, lambda: load(context))
+
+
+def on_change(what: str, files: Sequence[str], reload: Callable[[], None]) -> None:
+    """Call `reload` (from a worker thread) whenever one of `files` changes; when it raises
+    OSError or ssl.SSLError, what it reloads must stay as it was."""
     paths = tuple(Path(f) for f in files if f)
     if paths:
-        _WATCHED.append(_Watched(what, context, paths, load, _stamps(paths)))
+        _WATCHED.append(_Watched(what, paths, reload, _stamps(paths)))
 
 
 def check() -> int:
@@ -65,7 +73,7 @@ def check() -> int:
         if stamps == watched.stamps:
             continue
         try:
-            watched.load(watched.context)
+            watched.reload()
         except (OSError, ssl.SSLError) as exc:
             log.error("TLS files changed but cannot be loaded; the previous ones stay in use",
                       extra={"for": watched.what, "error": str(exc)})  # fmt: skip

@@ -220,6 +220,12 @@ class AmqpSink:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), _CLOSE_AFTER_FAILED_OPEN)
+            if self.ssl_context and isinstance(exc, OSError):  # aiormq: AMQPConnectionError
+                # a refused TLS handshake reaches aiormq as a reset as often as an alert:
+                # the probe's own handshake says which it was
+                health = await self._probe()
+                if not health.ok:
+                    raise Retryable(health.detail) from None
             raise self._open_error(exc) from None
         return _Link(connection, channel, exchange)
 
@@ -306,8 +312,12 @@ class AmqpSink:
         link = self.connection.client
         if link is not None and not link.broken:
             return Health(True, f"connected to {self.where}")
+        return await self._probe()
+
+    async def _probe(self) -> Health:
         default_port = 5671 if self.url.scheme == "amqps" else 5672
-        return await probe.tcp([(self.url.host or "localhost", self.url.port or default_port)])
+        return await probe.tcp([(self.url.host or "localhost", self.url.port or default_port)],
+                               ssl=self.ssl_context)  # fmt: skip
 
 
 async def _close(link: _Link) -> None:

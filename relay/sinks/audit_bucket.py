@@ -13,6 +13,12 @@ feed itself forever).
 Errors: connection failures, timeouts and 5xx are retried; 403 (access denied, credentials
 refused) and 404 NoSuchBucket are retried too, with a message saying what to fix, so the
 events wait for the operator instead of going to the dead letters; other 4xx are permanent.
+
+TLS: the endpoint's certificate is verified against the system's CAs and TLS_CA. obstore
+takes the CA bundle's bytes, not an SSLContext: when the file changes the next request builds
+a new client that trusts the new bundle (relay/sinks/tls.py CaBundle). obstore cannot present
+a client certificate (its client options have none), so this sink has no such option; the S3
+servers it writes to do not ask for one.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from relay.config import ConfigError, Key, SinkSpec
 from relay.queue.log import LogEntry
 from relay.sinks import auditlog
 from relay.sinks.base import DeliveryError, Health, Permanent, Result, Retryable, exc_text
+from relay.sinks.tls import CaBundle
 
 TYPE = "audit_bucket"
 
@@ -61,11 +68,18 @@ class Config(auditlog.AuditConfig, kw_only=True, frozen=True):
         ),
     ] = False
     allow_http: Annotated[bool, Key("Allow a plain `http://` ENDPOINT (no TLS).")] = False
-    tls_ca: Annotated[str, Key("PEM CA bundle that signs the endpoint's certificate.")] = ""
+    tls_ca: Annotated[
+        str,
+        Key(
+            "PEM CA bundle that signs the endpoint's certificate (trusted besides the system's "
+            "CAs; reloaded when the file changes)."
+        ),
+    ] = ""
 
 
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]+)</Code>")
+_CERTIFICATE = re.compile(r"InvalidCertificate\(\s*(\w+)")  # rustls, in obstore's debug dump
 # 4xx answers that say the relay's configuration (or the store's) is wrong, not the object:
 # the events wait until an operator fixes it, rather than going to the dead letters.
 _CONFIG_CODES = {
@@ -122,12 +136,8 @@ class AuditBucketSink:
             "connect_timeout": timedelta(seconds=min(self.timeout, 5.0)),
             "user_agent": "s3-notify-relay",
         }
-        if config.tls_ca:
-            try:
-                with open(config.tls_ca, "rb") as handle:
-                    self.client_options["root_certificate"] = handle.read()
-            except OSError as exc:
-                raise ConfigError(f"{spec.variable('tls_ca')}: cannot read: {exc}") from None
+        self.ca = CaBundle(spec, config) if config.tls_ca else None
+        self.ca_version = -1  # of the bundle the store was built with
         self.writer = auditlog.AuditWriter(
             self.name, self.prefix, config.compression, config.concurrency,
             auditlog.expected_principals(spec.relay), auditlog.remembered(config),
@@ -137,19 +147,29 @@ class AuditBucketSink:
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.store is not None:
-            return
+        self._client()
+
+    def _client(self) -> S3Store:
+        """The S3 client; a new one once the CA bundle changed on disk."""
+        options = dict(self.client_options)
+        version = -1
+        if self.ca is not None:
+            version, options["root_certificate"] = self.ca.current
+        if self.store is not None and version == self.ca_version:
+            return self.store
         try:
             self.store = S3Store(
                 self.bucket,
                 config=self.store_config,  # type: ignore[arg-type]
-                client_options=self.client_options,  # type: ignore[arg-type]
+                client_options=options,  # type: ignore[arg-type]
                 # one attempt per send: the dispatcher retries, with its own backoff
                 retry_config={"max_retries": 0,
                               "retry_timeout": timedelta(seconds=self.timeout)},
             )  # fmt: skip
         except Exception as exc:  # obstore refuses a configuration it cannot use
             raise Retryable(f"cannot set up the S3 client: {_message(exc)}") from None
+        self.ca_version = version
+        return self.store
 
     async def close(self) -> None:
         if self.store is None:
@@ -164,18 +184,21 @@ class AuditBucketSink:
     # -- sending ------------------------------------------------------------------------------
 
     async def send_batch(self, batch: Sequence[LogEntry]) -> list[Result]:
-        await self.start()
-        return await self.writer.send(batch, self._put, self._is_self)
+        store = self._client()
+
+        async def put(obj: auditlog.AuditObject) -> None:
+            await self._put(store, obj)
+
+        return await self.writer.send(batch, put, self._is_self)
 
     def _is_self(self, entry: LogEntry) -> bool:
         return entry.event.bucket == self.bucket
 
-    async def _put(self, obj: auditlog.AuditObject) -> None:
-        assert self.store is not None
+    async def _put(self, store: S3Store, obj: auditlog.AuditObject) -> None:
         try:
             async with asyncio.timeout(self.timeout + 5):
                 await obstore.put_async(
-                    self.store, obj.name, obj.body, use_multipart=False,
+                    store, obj.name, obj.body, use_multipart=False,
                     attributes={"Content-Type": obj.content_type},
                 )  # fmt: skip
         except TimeoutError:
@@ -187,11 +210,10 @@ class AuditBucketSink:
 
     async def list_objects(self, prefix: str) -> list[str]:
         """Names of the objects under `prefix` (segment-wise). Needs s3:ListBucket."""
-        await self.start()
-        assert self.store is not None
+        store = self._client()
         try:
             async with asyncio.timeout(self.timeout * 6):
-                metas = await obstore.list(self.store, prefix=prefix).collect_async()
+                metas = await obstore.list(store, prefix=prefix).collect_async()
         except TimeoutError:
             raise Retryable(f"LIST {prefix}: no answer within {self.timeout * 6:g}s") from None
         except Exception as exc:
@@ -200,11 +222,10 @@ class AuditBucketSink:
 
     async def read_object(self, name: str) -> bytes:
         """An object's bytes. Needs s3:GetObject."""
-        await self.start()
-        assert self.store is not None
+        store = self._client()
         try:
             async with asyncio.timeout(self.timeout * 6):
-                got = await obstore.get_async(self.store, name)
+                got = await obstore.get_async(store, name)
                 return bytes(await got.bytes_async())
         except TimeoutError:
             raise Retryable(f"GET {name}: no answer within {self.timeout * 6:g}s") from None
@@ -216,13 +237,12 @@ class AuditBucketSink:
     async def health(self) -> Health:
         """GET of a name that does not exist: NoSuchKey (or AccessDenied, for a writer that
         may only PUT) proves the endpoint, the bucket and the credentials."""
-        await self.start()
-        assert self.store is not None
+        store = self._client()
         probe = f"{self.prefix}/.relay-probe" if self.prefix else ".relay-probe"
         where = f"bucket {self.bucket!r} on {self._where()}"
         try:
             async with asyncio.timeout(min(self.timeout, 8.0)):
-                got = await obstore.get_async(self.store, probe)
+                got = await obstore.get_async(store, probe)
                 await got.bytes_async()
         except TimeoutError:
             return Health(False, f"{where}: no answer")
@@ -276,8 +296,14 @@ class AuditBucketSink:
 
 
 def _message(exc: BaseException) -> str:
-    """obstore's error without the Rust debug dump it appends."""
-    return str(exc).split("\n\nDebug source", 1)[0].strip()
+    """obstore's error without the Rust debug dump it appends; a refused TLS certificate,
+    which only that dump names, first."""
+    text, _, debug = str(exc).partition("\n\nDebug source")
+    refused = _CERTIFICATE.search(debug)
+    if refused:
+        return (f"TLS: the endpoint's certificate was refused ({refused.group(1)}; trusted: "
+                f"TLS_CA and the system's CAs): {text.strip()}")  # fmt: skip
+    return text.strip()
 
 
 def _code(text: str) -> str | None:

@@ -218,6 +218,11 @@ class KafkaSink:
                     f"cannot start an idempotent producer on {self.where}: {describe(exc)}; "
                     "brokers that grant no producer ids need ACKS=1"
                 ) from None
+            if isinstance(exc, kafka_errors.KafkaConnectionError) and self.ssl_context:
+                # aiokafka says only "Unable to bootstrap" when the handshake fails: say why
+                health = await self.health()
+                if not health.ok:
+                    raise Retryable(f"{self.where}: {health.detail}") from None
             raise
         return producer
 
@@ -321,8 +326,10 @@ class KafkaSink:
         await self.producer.close()
 
     async def health(self) -> Health:
-        # What MinIO checks: can a TCP connection be opened to one of the brokers.
-        return await probe.tcp([probe.endpoint(b, 9092) for b in self.config.brokers])
+        # What MinIO checks: can a TCP connection be opened to one of the brokers (with the
+        # sink's TLS, when it has some).
+        brokers = [probe.endpoint(b, 9092) for b in self.config.brokers]
+        return await probe.tcp(brokers, ssl=self.ssl_context)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -8,6 +8,10 @@ ceph-mgr is needed for I/O or notifications. Cold start takes ~12-18 s on 2 core
 e2e suite starts it once per session (tests/e2e/conftest.py). `Ceph.stop()` signals exactly
 the processes `start_ceph` started.
 
+With `tls=ServerTls(...)` (tests/support/certs.py) radosgw also serves HTTPS with that
+certificate on `Ceph.tls_endpoint` (beast's `ssl_endpoint`); `endpoint` stays plain HTTP for
+the test's own requests. RGW does not ask clients for certificates.
+
 `S3` is a minimal SigV4-signing client on aiohttp for the S3 and the SNS-compatible topic API
 (CreateTopic) of RGW: no pinned dependency signs arbitrary requests (obstore covers object
 I/O only, and its paths drop a trailing `/` and refuse empty segments). It percent-encodes
@@ -63,6 +67,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from tests.support.certs import ServerTls
+
 BINARIES = (
     "ceph-mon",
     "ceph-osd",
@@ -115,6 +121,7 @@ class Ceph:
     secret_key: str = SECRET_KEY
     region: str = REGION
     started_in: float = 0.0  # seconds from the first command to the S3 user existing
+    tls_endpoint: str = ""  # https://…, when started with TLS
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -174,7 +181,11 @@ class Ceph:
 
 
 def _conf(directory: Path, mon_v2: int, mon_v1: int, rgw_port: int, fsid: str,
-          memstore_bytes: int) -> str:  # fmt: skip
+          memstore_bytes: int, tls: ServerTls | None = None, tls_port: int = 0) -> str:  # fmt: skip
+    frontend = f"beast endpoint={HOST}:{rgw_port}"
+    if tls:
+        frontend += (f" ssl_endpoint={HOST}:{tls_port} ssl_certificate={tls.cert}"
+                     f" ssl_private_key={tls.key}")  # fmt: skip
     return f"""[global]
 fsid = {fsid}
 mon host = [v2:{HOST}:{mon_v2},v1:{HOST}:{mon_v1}]
@@ -208,14 +219,18 @@ osd data = {directory}/osd.$id
 osd objectstore = memstore
 memstore device bytes = {memstore_bytes}
 [client.rgw]
-rgw frontends = beast endpoint={HOST}:{rgw_port}
+rgw frontends = {frontend}
 rgw data = {directory}/rgw
 """
 
 
-def start_ceph(directory: Path, timeout: float = 120.0, memstore_bytes: int = 1024**3) -> Ceph:
+def start_ceph(
+    directory: Path, timeout: float = 120.0, memstore_bytes: int = 1024**3,
+    tls: ServerTls | None = None,
+) -> Ceph:  # fmt: skip
     """Start mon, OSD and radosgw under `directory` and create an S3 user with known keys.
-    `memstore_bytes`: the OSD's capacity, held in memory (a full OSD refuses writes).
+    `memstore_bytes`: the OSD's capacity, held in memory (a full OSD refuses writes). With
+    `tls`, radosgw serves HTTPS too, on `tls_endpoint`.
 
     Raises CephError (with the daemons' log tails) when something does not come up within
     `timeout`; whatever was started is stopped again before it raises.
@@ -229,11 +244,13 @@ def start_ceph(directory: Path, timeout: float = 120.0, memstore_bytes: int = 10
     for sub in ("run", "log", "rgw"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     mon_v2, mon_v1, rgw_port = free_port(), free_port(), free_port()
+    tls_port = free_port() if tls else 0
     fsid = str(uuid.uuid4())
     (directory / "ceph.conf").write_text(
-        _conf(directory, mon_v2, mon_v1, rgw_port, fsid, memstore_bytes)
+        _conf(directory, mon_v2, mon_v1, rgw_port, fsid, memstore_bytes, tls, tls_port)
     )
-    ceph = Ceph(directory=directory, endpoint=f"http://{HOST}:{rgw_port}")
+    ceph = Ceph(directory=directory, endpoint=f"http://{HOST}:{rgw_port}",
+                tls_endpoint=f"https://{HOST}:{tls_port}" if tls else "")  # fmt: skip
     atexit.register(ceph.stop)  # in case the session dies before the fixture's finalizer
 
     def start(name: str, *command: str) -> None:
@@ -276,7 +293,8 @@ def start_ceph(directory: Path, timeout: float = 120.0, memstore_bytes: int = 10
         # radosgw creates its pools on first start; it only needs the OSD to be up for that,
         # and waits for it by itself, so both boot at the same time.
         start("rgw", "radosgw", "-n", "client.rgw", "-f")
-        wait("radosgw", lambda: _port_open(rgw_port), "client.rgw.log")
+        wait("radosgw", lambda: _port_open(rgw_port) and (not tls or _port_open(tls_port)),
+             "client.rgw.log")  # fmt: skip
 
         ceph.run("radosgw-admin", "-n", "client.admin", "user", "create", "--uid=relay",
                  "--display-name=relay tests", f"--access-key={ACCESS_KEY}",

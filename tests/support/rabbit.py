@@ -8,6 +8,10 @@ config that moves the listener off 5672, which /etc/rabbitmq/rabbitmq.conf claim
 Erlang cookie lives in the node's HOME, and `rabbitmqctl` is run with the same HOME.
 A restart reuses the data directory: durable queues and persistent messages survive it.
 Start takes about 4 s.
+
+With `tls=ServerTls(...)` (tests/support/certs.py) the node also listens for amqps on
+`tls_port`, with its certificate, and requires a client certificate signed by the CA
+(`verify_peer`, `fail_if_no_peer_cert`); `amqp://` stays on `port` for the test's own use.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ import signal
 import uuid
 from pathlib import Path
 
+from tests.support.certs import ServerTls
 from tests.support.relay_process import free_port
 
 BIN = Path("/usr/lib/rabbitmq/bin")
 
 
 class PrivateRabbit:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: ServerTls | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.tls_port = free_port() if tls else 0
         self.dist_port = free_port()
         self.node = f"relaytest{uuid.uuid4().hex[:8]}@localhost"
         self.proc: asyncio.subprocess.Process | None = None
@@ -39,6 +45,16 @@ class PrivateRabbit:
             "log.console = false\n"
             # the disk alarm would block publishers on a nearly full CI disk
             "disk_free_limit.absolute = 1MB\n"
+            + (
+                f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {tls.ca}\n"
+                f"ssl_options.certfile = {tls.cert}\n"
+                f"ssl_options.keyfile = {tls.key}\n"
+                "ssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = true\n"
+                if tls
+                else ""
+            )
         )
         self.env = {
             **os.environ,
@@ -68,15 +84,18 @@ class PrivateRabbit:
         )  # fmt: skip
         log.close()
         try:
-            await self._ctl("await_startup", timeout=timeout)
+            await self.ctl("await_startup", timeout=timeout)
         except Exception:
             await self.kill()
             raise
         return self
 
-    async def _ctl(self, *args: str, timeout: float = 30.0) -> None:
-        """rabbitmqctl against this node; `await_startup` needs the node registered in epmd
-        first, so it is retried until the deadline."""
+    def tls_url(self, user: str = "guest", password: str = "guest") -> str:
+        return f"amqps://{user}:{password}@127.0.0.1:{self.tls_port}/"
+
+    async def ctl(self, *args: str, timeout: float = 30.0) -> str:
+        """rabbitmqctl against this node, its output; `await_startup` needs the node
+        registered in epmd first, so a failure is retried until the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -87,7 +106,7 @@ class PrivateRabbit:
             )  # fmt: skip
             output, _ = await asyncio.wait_for(ctl.communicate(), timeout)
             if ctl.returncode == 0:
-                return
+                return output.decode()
             if self.proc is not None and self.proc.returncode is not None:
                 raise RuntimeError(f"RabbitMQ {self.node} exited:\n{self.server_log()}")
             if loop.time() > deadline:
@@ -99,7 +118,7 @@ class PrivateRabbit:
         if self.proc is None or self.proc.returncode is not None:
             return
         try:
-            await self._ctl("stop", timeout=30)
+            await self.ctl("stop", timeout=30)
             await asyncio.wait_for(self.proc.wait(), 30)
         except Exception:
             await self.kill()

@@ -13,18 +13,23 @@ async test call them through `asyncio.to_thread` so the relay's loop keeps runni
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+
+from tests.support.certs import ServerTls
 
 HOST = "127.0.0.1"
 
@@ -72,6 +77,10 @@ class TlsFiles:
     client_cert: Path
     client_key: Path
 
+    @property
+    def server(self) -> ServerTls:
+        return ServerTls(self.ca, self.server_cert, self.server_key)
+
 
 def tls_files(directory: Path) -> TlsFiles:
     """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client
@@ -96,14 +105,20 @@ def tls_files(directory: Path) -> TlsFiles:
 
 
 class PrivateServer:
-    """One server process of our own; restartable on the same port and state dir."""
+    """One server process of our own; restartable on the same port and state dir. With
+    `group`, it runs in a process group of its own, and stop() signals the whole group (a
+    server that forks a child per connection)."""
 
-    def __init__(self, name: str, binary: str, args: list[str], port: int, workdir: Path):
+    def __init__(
+        self, name: str, binary: str, args: list[str], port: int, workdir: Path,
+        group: bool = False,
+    ):  # fmt: skip
         self.name = name
         self.binary = binary
         self.args = args
         self.port = port
         self.workdir = workdir
+        self.group = group
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -115,8 +130,9 @@ class PrivateServer:
         log = open(self.workdir / f"{self.name}.log", "ab")
         with log:
             self.process = subprocess.Popen(
-                [path, *self.args], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
-            )
+                [path, *self.args], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                start_new_session=self.group,
+            )  # fmt: skip
         try:
             wait_port(self.port)
         except AssertionError:
@@ -129,7 +145,10 @@ class PrivateServer:
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGCONT)  # a paused server must be able to exit
-        process.send_signal(sig)
+        if self.group:
+            os.killpg(process.pid, sig)  # the group this object started
+        else:
+            process.send_signal(sig)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -152,8 +171,11 @@ class PrivateServer:
         return self.process is not None and self.process.poll() is None
 
 
+S = TypeVar("S", bound=PrivateServer)
+
+
 @contextmanager
-def _owned(server: PrivateServer, start: bool) -> Iterator[PrivateServer]:
+def _owned(server: S, start: bool) -> Iterator[S]:
     try:
         if start:
             server.start()
@@ -162,20 +184,47 @@ def _owned(server: PrivateServer, start: bool) -> Iterator[PrivateServer]:
         server.stop()
 
 
+class NatsServer(PrivateServer):
+    """nats-server with its monitoring port, which tells who is connected."""
+
+    def __init__(self, args: list[str], port: int, workdir: Path) -> None:
+        self.monitor = free_port()
+        super().__init__("nats-server", "nats-server",
+                         [*args, "-m", str(self.monitor)], port, workdir)  # fmt: skip
+
+    def connections(self) -> list[dict[str, Any]]:
+        """/connz: each client connection, with its name and TLS certificates (blocks)."""
+        url = f"http://{HOST}:{self.monitor}/connz?auth=1"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            connections: list[dict[str, Any]] = json.load(response)["connections"]
+        return connections
+
+    def client_certificates(self, name: str) -> set[str]:
+        """The subject of the certificate of each connection named `name`."""
+        return {c["tls_peer_certs"][0]["subject"] for c in self.connections()
+                if c.get("name") == name and c.get("tls_peer_certs")}  # fmt: skip
+
+
 @contextmanager
 def nats_server(
-    tmp_path: Path, *, tls: TlsFiles | None = None, start: bool = True
-) -> Iterator[PrivateServer]:
+    tmp_path: Path, *, tls: TlsFiles | ServerTls | None = None, token: str = "",
+    start: bool = True,
+) -> Iterator[NatsServer]:  # fmt: skip
     """`nats-server -js` on a free port; JetStream state in tmp_path/nats/js. With `tls`,
-    TLS is required and clients must present a certificate signed by its CA."""
+    TLS is required and clients must present a certificate signed by its CA; with `token`,
+    clients must present that token."""
     workdir = tmp_path / "nats"
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = ["-a", HOST, "-p", str(port), "-js", "-sd", str(workdir / "js")]
+    if token:
+        args += ["--auth", token]
+    if isinstance(tls, TlsFiles):
+        tls = tls.server
     if tls:
-        args += ["--tls", "--tlscert", str(tls.server_cert), "--tlskey", str(tls.server_key),
+        args += ["--tls", "--tlscert", str(tls.cert), "--tlskey", str(tls.key),
                  "--tlsverify", "--tlscacert", str(tls.ca)]  # fmt: skip
-    with _owned(PrivateServer("nats-server", "nats-server", args, port, workdir), start) as s:
+    with _owned(NatsServer(args, port, workdir), start) as s:
         yield s
 
 

