@@ -106,6 +106,7 @@ class Admin:
         self.log = event_log
         self.dispatchers = dispatchers
         self.tokens = [t.encode() for t in settings.admin_tokens]
+        self.ingest_filter = ingest.ingest_filter(settings)  # a retried body is ingested again
         self.hub = tail.Hub(event_log)
         self.rates = DeliveryRates(list(dispatchers))
         self.static = {
@@ -340,12 +341,6 @@ async def static(request: web.Request) -> web.Response:
 # -- sinks ----------------------------------------------------------------------------------------
 
 
-def _state(d: Dispatcher) -> str:
-    if d.paused:
-        return "paused"
-    return "up" if d.up else "down" if d.up is False else "starting"
-
-
 async def sinks(request: web.Request) -> web.Response:
     a = request.app[ADMIN_KEY]
     names = list(a.dispatchers)
@@ -360,7 +355,7 @@ async def sinks(request: web.Request) -> web.Response:
     for s in per_sink:
         d = a.dispatchers[s.sink]
         out.append({
-            "name": s.sink, "type": s.sink.split(":", 1)[0], "state": _state(d),
+            "name": s.sink, "type": s.sink.split(":", 1)[0], "state": d.state,
             "up": d.up, "paused": d.paused, "paused_reason": d.paused_reason,
             "failing_since": d.failing_since, "cursor": s.cursor, "pending": s.pending,
             "redeliveries": s.redeliveries, "parked": s.parked,
@@ -380,7 +375,7 @@ async def sinks(request: web.Request) -> web.Response:
 
 
 async def _sink_body(a: Admin, d: Dispatcher) -> dict[str, Any]:
-    return {"name": d.name, "state": _state(d), "paused": d.paused,
+    return {"name": d.name, "state": d.state, "paused": d.paused,
             "paused_reason": d.paused_reason, "up": d.up}  # fmt: skip
 
 
@@ -484,7 +479,7 @@ async def quarantine_retry(request: web.Request) -> web.Response:
     """Each body parsed again; the events of one that now parses go into the log as
     ingest's do (RELAY_INGEST_EVENTS applied), and it leaves quarantine."""
     a = request.app[ADMIN_KEY]
-    select = request.app[ingest.FILTER_KEY]
+    select = a.ingest_filter
     qid = _selection(await _body(request))
     results = await a.log.retry_quarantine(qid, select.split if select else None)
     return _json({"results": [dataclasses.asdict(r) for r in results]})

@@ -27,10 +27,11 @@ from relay.config import (
 )
 from relay.datadir import DataDirLock
 from relay.delivery.dispatcher import Dispatcher, Policy
+from relay.processes.board import View
 from relay.queue import admin, fsck
 from relay.queue.backend import LogBackend
 from relay.queue.fsck import LogDamaged
-from relay.queue.log import Log
+from relay.queue.log import Log, Role
 from relay.rules import Router, rules_from_env, rules_from_toml
 from relay.sinks import redact
 from relay.sinks.base import Sink
@@ -74,9 +75,10 @@ def load_router(env: Mapping[str, str], settings: Settings, sink_names: list[str
     return Router(rules, sink_names)
 
 
-def open_log(settings: Settings, *, client: bool = False) -> LogBackend:
+def open_log(settings: Settings, *, client: bool = False, role: Role = "single") -> LogBackend:
     """The log (not opened yet). `client`: for an operator's command next to a running relay
-    (no integrity check, no pruning: the relay does those)."""
+    (no integrity check, no pruning: the relay does those); `role`: which part of the relay
+    opens it (relay/queue/log.py Role)."""
     path = Path(settings.data_dir) / DB_NAME
     if client and not path.exists():
         raise admin.AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")
@@ -89,7 +91,25 @@ def open_log(settings: Settings, *, client: bool = False) -> LogBackend:
         min_free_bytes=settings.min_free_bytes,
         check=settings.log_check,
         client=client,
+        role=role,
     )
+
+
+def open_checked_log(settings: Settings, role: Role = "single") -> LogBackend:
+    """The log opened, its integrity checked; with RELAY_ON_DAMAGE=set-aside a damaged log
+    is moved aside and a new one started."""
+    event_log = open_log(settings, role=role)
+    try:
+        event_log.open()
+    except LogDamaged as exc:
+        if settings.on_damage != "set-aside":
+            raise
+        moved = fsck.set_aside(Path(settings.data_dir) / DB_NAME)
+        log.error("log damaged: set aside, starting a new log",
+                  extra={"error": str(exc), "damaged_copy": str(moved)})  # fmt: skip
+        event_log = open_log(settings, role=role)
+        event_log.open()
+    return event_log
 
 
 async def operate(settings: Settings, action: Callable[[LogBackend], Awaitable[T]]) -> T:
@@ -107,6 +127,78 @@ def build_sinks(config: Config) -> list[Sink]:
     return [sinks.create(spec) for spec in config.specs]
 
 
+class LocalGate:
+    """Ingest's gate (relay/ingest.py Gate) where the log and the dispatchers are in the same
+    process: a single process, and the delivery process publishing its view."""
+
+    def __init__(self, event_log: LogBackend, dispatchers: Mapping[str, Dispatcher]) -> None:
+        self.log = event_log
+        self.dispatchers = dispatchers
+
+    @property
+    def pressure(self) -> str | None:
+        return self.log.pressure
+
+    def view(self) -> View:
+        return View(
+            self.log.pressure, self.log.pressure_detail, self.log.blocked_by,
+            {name: d.state for name, d in self.dispatchers.items()}, self.log.check_state,
+        )  # fmt: skip
+
+
+@dataclass
+class Delivery:
+    """The dispatchers of every sink, running."""
+
+    config: Config
+    outputs: list[Sink]
+    log: LogBackend
+    dispatchers: dict[str, Dispatcher]
+    tasks: list[asyncio.Task[None]]
+
+    async def stop(self) -> None:
+        """Let the batches in flight settle (RELAY_SHUTDOWN_TIMEOUT), close the sinks."""
+        timeout = self.config.settings.shutdown_timeout
+        for dispatcher in self.dispatchers.values():
+            dispatcher.stop()
+        _, pending = await asyncio.wait(self.tasks, timeout=timeout) if self.tasks else ((), ())
+        for task in pending:
+            task.cancel()  # unsettled batches stay in the log and are sent again after restart
+        await asyncio.gather(*pending, return_exceptions=True)
+        for sink in self.outputs:
+            try:
+                await asyncio.wait_for(sink.close(), 5)
+            except Exception as exc:
+                log.warning("sink did not close cleanly",
+                            extra={"sink": sink.name, "error": str(exc)})  # fmt: skip
+
+
+async def start_delivery(config: Config, outputs: list[Sink], event_log: LogBackend) -> Delivery:
+    """Place every sink's cursor (a new sink where its START says), then start delivering."""
+    names = [s.name for s in outputs]
+    policies = {s.name: Policy.from_spec(spec, s) for s, spec in zip(outputs, config.specs)}
+    event_log.set_sinks(names, {name: policy.bound for name, policy in policies.items()})
+    starts = {name: parse_start(policy.start) for name, policy in policies.items()}
+    await event_log.init_cursors(starts)
+    dispatchers = {
+        sink.name: Dispatcher(
+            sink, event_log, config.router, policies[sink.name], redact.for_spec(spec)
+        )
+        for sink, spec in zip(outputs, config.specs)
+    }
+    tasks = [asyncio.create_task(d.run(), name=f"dispatch {n}") for n, d in dispatchers.items()]
+    return Delivery(config, outputs, event_log, dispatchers, tasks)
+
+
+def web_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    # keepalive_timeout also closes a connection that never completes its headers
+    # (aiohttp arms it when the connection opens): no slowloris.
+    return web.AppRunner(
+        app, access_log=None, shutdown_timeout=settings.shutdown_timeout,
+        keepalive_timeout=settings.request_timeout,
+    )  # fmt: skip
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     settings = config.settings
     # `relay reload` may read the pid as soon as the lock is taken: a SIGHUP while starting
@@ -118,8 +210,13 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     outputs = build_sinks(config)  # before the log: a bad sink or TLS file touches nothing
     server_tls = tls.server_context(settings)
     # one relay per data directory, from before the log is opened until after it is closed
-    with DataDirLock(settings.data_dir).held():
-        await _serve(config, outputs, server_tls, early_reload, stop)
+    with DataDirLock(settings.data_dir).held() as lock:
+        if settings.workers > 1:
+            from relay.processes import supervisor
+
+            await supervisor.supervise(config, lock, early_reload, stop)
+        else:
+            await _serve(config, outputs, server_tls, early_reload, stop)
 
 
 async def _serve(
@@ -131,40 +228,16 @@ async def _serve(
 ) -> None:
     settings = config.settings
     loop = asyncio.get_running_loop()
-    event_log = open_log(settings)
-    try:
-        event_log.open()
-    except LogDamaged as exc:
-        if settings.on_damage != "set-aside":
-            raise
-        moved = fsck.set_aside(Path(settings.data_dir) / DB_NAME)
-        log.error("log damaged: set aside, starting a new log",
-                  extra={"error": str(exc), "damaged_copy": str(moved)})  # fmt: skip
-        event_log = open_log(settings)
-        event_log.open()
-    names = [s.name for s in outputs]
-    policies = {s.name: Policy.from_spec(spec, s) for s, spec in zip(outputs, config.specs)}
-    event_log.set_sinks(names, {name: policy.bound for name, policy in policies.items()})
-    starts = {name: parse_start(policy.start) for name, policy in policies.items()}
-    await event_log.init_cursors(starts)
-    metrics.install(event_log, names)
+    event_log = open_checked_log(settings)
+    delivery = await start_delivery(config, outputs, event_log)
+    dispatchers = delivery.dispatchers
+    names = list(dispatchers)
+    gate = LocalGate(event_log, dispatchers)
+    metrics.install(event_log, names, gate)
 
-    dispatchers = {
-        sink.name: Dispatcher(
-            sink, event_log, config.router, policies[sink.name], redact.for_spec(spec)
-        )
-        for sink, spec in zip(outputs, config.specs)
-    }
-    tasks = [asyncio.create_task(d.run(), name=f"dispatch {n}") for n, d in dispatchers.items()]
-
-    app = ingest.make_app(settings, event_log, dispatchers)
+    app = ingest.make_app(settings, event_log, gate)
     admin_api.mount(app, settings, event_log, dispatchers)  # /admin/: 404 unless tokens set
-    # keepalive_timeout also closes a connection that never completes its headers
-    # (aiohttp arms it when the connection opens): no slowloris.
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=settings.shutdown_timeout,
-        keepalive_timeout=settings.request_timeout,
-    )  # fmt: skip
+    runner = web_runner(app, settings)
     await runner.setup()
     site = web.TCPSite(
         runner, settings.listen_host, settings.listen_port, backlog=1024, ssl_context=server_tls
@@ -199,17 +272,7 @@ async def _serve(
 
     log.info("shutting down")
     await runner.cleanup()  # no new requests; in-flight handlers finish their commit
-    for dispatcher in dispatchers.values():
-        dispatcher.stop()
-    _, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout) if tasks else ((), ())
-    for task in pending:
-        task.cancel()  # unsettled batches stay in the log and are sent again after restart
-    await asyncio.gather(*pending, return_exceptions=True)
-    for sink in outputs:
-        try:
-            await asyncio.wait_for(sink.close(), 5)
-        except Exception as exc:
-            log.warning("sink did not close cleanly", extra={"sink": sink.name, "error": str(exc)})
+    await delivery.stop()
     await event_log.close()
     log.info("stopped")
 

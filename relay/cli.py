@@ -49,6 +49,8 @@ T = TypeVar("T")
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_worker"]:  # started by `relay serve` (relay/processes), not by people
+        return _worker(*argv[1:])
     try:
         with contextlib.ExitStack() as stack:
             early = _data_dir_lock(argv)
@@ -276,18 +278,37 @@ def _db(config: Config) -> Path:
 # -- serve / check ------------------------------------------------------------------------------
 
 
+def _worker(role: str, index: str, listen_fd: str, supervisor: str, run_dir: str) -> int:
+    from relay import app
+    from relay.processes import workers
+
+    workers.die_with(int(supervisor))
+    config = app.load_config(os.environ)
+    logs.setup(config.settings.log_format, config.settings.log_level)
+    if role == "ingest":
+        work = workers.ingest_worker(config, int(index), int(listen_fd), Path(run_dir))
+    else:
+        work = workers.delivery_worker(config, Path(run_dir))
+    with _runner() as runner:
+        runner.run(work)
+    return EXIT_OK
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop
+
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        return asyncio.Runner()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from relay import app
 
     config = _config()
     logs.setup(config.settings.log_format, config.settings.log_level)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
+    with _runner() as runner:
         runner.run(app.serve(config))
     return EXIT_OK  # a damaged log surfaces as fsck.LogDamaged, handled in main()
 

@@ -312,6 +312,14 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "relay_unexpected_principal_total. Empty: no event is marked.",
     ),
     Option(
+        "workers",
+        "str",
+        "auto",
+        "Ingest processes, beside one delivery process and a supervisor that restarts any "
+        "that dies; `auto`: the CPUs the relay may use (its affinity and cgroup CPU limit), "
+        "at most 8; `1`: everything in one process.",
+    ),
+    Option(
         "shutdown_timeout",
         "duration",
         10.0,
@@ -359,6 +367,7 @@ class Settings:
     log_check: str
     rules_file: str
     expected_principals: tuple[str, ...]
+    workers: int
     shutdown_timeout: float
     log_format: str
     log_level: str
@@ -370,11 +379,29 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         variable = "RELAY_" + option.env
         raw = env.get(variable)
         values[option.key] = option.default if raw is None else option.convert(raw, variable)
+    values["workers"] = _workers(values["workers"])
     listen = values.pop("listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"RELAY_LISTEN: {listen!r} is not host:port (e.g. 0.0.0.0:8080)")
     return Settings(listen_host=host.strip("[]") or "0.0.0.0", listen_port=int(port), **values)
+
+
+MAX_WORKERS = 8  # past this the one delivery process and the write lock are the limit
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        from relay.processes.cpus import usable_cpus
+
+        return min(usable_cpus(), MAX_WORKERS)
+    try:
+        workers = int(text)
+    except ValueError:
+        raise ConfigError(f"RELAY_WORKERS: {text!r} is not `auto` or a number") from None
+    if not 1 <= workers <= 64:
+        raise ConfigError(f"RELAY_WORKERS: {workers} is not between 1 and 64")
+    return workers
 
 
 def unknown_settings(env: Mapping[str, str]) -> list[str]:

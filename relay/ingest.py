@@ -17,13 +17,14 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from relay import metrics, signing
 from relay.config import ConfigError, Settings
 from relay.events import Event, Unparseable, parse_body
+from relay.processes.board import View
 from relay.queue.backend import LogBackend
 from relay.rules import EventSet, compile_event_patterns
 
@@ -33,9 +34,22 @@ RETRY_AFTER = "5"
 _CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-amz-security-token"}
 MAX_SOURCE_LABEL = 64
 
+
+class Gate(Protocol):
+    """What ingest answers by besides the log: whether the relay takes events now (and why
+    not, naming the sinks that hold it) and each sink's state. In one process the log and
+    the dispatchers say; in an ingest worker, the delivery process's view
+    (relay/processes/board.py)."""
+
+    @property
+    def pressure(self) -> str | None: ...
+
+    def view(self) -> View: ...
+
+
 LOG_KEY = web.AppKey("log", LogBackend)
 SETTINGS_KEY = web.AppKey("settings", Settings)
-SINKS_KEY = web.AppKey("sinks", dict)  # sink name → Dispatcher (for readiness detail)
+GATE_KEY = web.AppKey("gate", Gate)
 SIGNING_KEYS = web.AppKey("signing_keys", list)
 
 
@@ -190,12 +204,12 @@ async def receive(request: web.Request) -> web.Response:
     signed = bool(keys) and "webhook-signature" in request.headers
     if not signed and not authorised(request, settings):
         return _reject("unauthorized", 401, "missing or wrong token")
-    if event_log.pressure:
-        why = event_log.pressure + (
-            f" ({event_log.pressure_detail})" if event_log.pressure_detail else ""
-        )
+    gate = request.app[GATE_KEY]
+    if gate.pressure:
+        view = gate.view()
+        why = f"{view.pressure} ({view.pressure_detail})" if view.pressure_detail else view.pressure
         return _reject(
-            event_log.pressure, 503, f"the relay is not accepting events: {why}",
+            view.pressure or "error", 503, f"the relay is not accepting events: {why}",
             **{"Retry-After": RETRY_AFTER},
         )  # fmt: skip
     if request.content_length is not None and request.content_length > settings.max_body:
@@ -270,16 +284,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    event_log = request.app[LOG_KEY]
-    dispatchers = request.app[SINKS_KEY]
-    sinks = {name: ("up" if d.up else "down" if d.up is False else "starting")
-             for name, d in dispatchers.items()}  # fmt: skip
-    body: dict[str, Any] = {"ready": event_log.pressure is None, "sinks": sinks}
-    if event_log.pressure:
-        body["reason"] = event_log.pressure
-        if event_log.blocked_by:
-            body["blocked_by"] = list(event_log.blocked_by)
-            body["detail"] = event_log.pressure_detail
+    view = request.app[GATE_KEY].view()
+    body: dict[str, Any] = {"ready": view.pressure is None, "sinks": view.sinks}
+    if view.pressure:
+        body["reason"] = view.pressure
+        if view.blocked_by:
+            body["blocked_by"] = list(view.blocked_by)
+            body["detail"] = view.pressure_detail
         return _json(503, body, **{"Retry-After": RETRY_AFTER})
     return _json(200, body)
 
@@ -290,13 +301,11 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
                         headers={"X-Content-Type-Options": "nosniff"})  # fmt: skip
 
 
-def make_app(
-    settings: Settings, event_log: LogBackend, dispatchers: dict[str, Any]
-) -> web.Application:
+def make_app(settings: Settings, event_log: LogBackend, gate: Gate) -> web.Application:
     app = web.Application(client_max_size=settings.max_body, handler_args={"max_field_size": 16384})
     app[SETTINGS_KEY] = settings
     app[LOG_KEY] = event_log
-    app[SINKS_KEY] = dispatchers
+    app[GATE_KEY] = gate
     app[SIGNING_KEYS] = signing_keys(settings)
     app[FILTER_KEY] = ingest_filter(settings)
     app.router.add_get("/", root)  # HEAD / too

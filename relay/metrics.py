@@ -21,12 +21,16 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from relay.queue import stats
 
 if TYPE_CHECKING:
+    from relay.ingest import Gate
+    from relay.processes.board import Board
     from relay.queue.backend import LogBackend
 
 disable_created_metrics()  # the *_created series only double the scrape size
@@ -108,11 +112,11 @@ SINK_PAUSED = Gauge(
     "relay_sink_paused",
     "1 while the sink is paused: by an operator (reason=operator) or because it failed "
     "PAUSE_AFTER long without a delivery (reason=pause_after); resumed only by an operator.",
-    ["sink", "reason"], registry=REGISTRY,
+    ["sink", "reason"], registry=REGISTRY, multiprocess_mode="livemax",
 )  # fmt: skip
 SINK_UP = Gauge(
     "relay_sink_up", "1 when the sink's last attempt succeeded, 0 while it is failing.",
-    ["sink"], registry=REGISTRY,
+    ["sink"], registry=REGISTRY, multiprocess_mode="livemax",
 )  # fmt: skip
 
 
@@ -142,9 +146,10 @@ class LogCollector(Collector):
     """The log's gauges: the attributes the log keeps current, and a `LogView` read at
     scrape time (see `scrape`)."""
 
-    def __init__(self, log: LogBackend, sinks: Sequence[str]) -> None:
+    def __init__(self, log: LogBackend, sinks: Sequence[str], gate: Gate) -> None:
         self.log = log
         self.sinks = list(sinks)
+        self.gate = gate  # backpressure and the integrity check, as ingest answers by them
         self.view = LogView([], {}, 0, [])
 
     async def read(self) -> None:
@@ -156,7 +161,7 @@ class LogCollector(Collector):
         self.view = LogView(per_sink, dead, quarantined, orphans)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        log, view = self.log, self.view
+        log, view, gate = self.log, self.view, self.gate.view()
         yield GaugeMetricFamily("relay_log_events", "Events in the log.", value=log.events)
         yield GaugeMetricFamily("relay_log_bytes", "Bytes in use in the log file.", value=log.bytes)
         yield GaugeMetricFamily(
@@ -164,11 +169,11 @@ class LogCollector(Collector):
         )
         yield GaugeMetricFamily(
             "relay_backpressure", "1 while ingest answers 503 (log over a mark).",
-            value=1 if log.pressure else 0,
+            value=1 if gate.pressure else 0,
         )  # fmt: skip
         yield GaugeMetricFamily(
             "relay_log_damaged", "1 when the integrity check found damage in the log, else 0.",
-            value=1 if log.check_state == "damaged" else 0,
+            value=1 if gate.check_state == "damaged" else 0,
         )  # fmt: skip
         now = time.time()
         pending = GaugeMetricFamily(
@@ -198,7 +203,7 @@ class LogCollector(Collector):
             labels=["sink"],
         )  # fmt: skip
         for sink in self.sinks:
-            blocked.add_metric([sink], 1 if sink in log.blocked_by else 0)
+            blocked.add_metric([sink], 1 if sink in gate.blocked_by else 0)
         orphaned = GaugeMetricFamily(
             "relay_sink_orphaned",
             "1 for a sink the log keeps state for that is no longer configured (it pins no "
@@ -222,10 +227,69 @@ _COLLECTORS: list[LogCollector] = []
 _SCRAPE = asyncio.Lock()
 
 
-def install(log: LogBackend, sinks: Sequence[str]) -> None:
-    collector = LogCollector(log, sinks)
-    REGISTRY.register(collector)
+class WorkerCollector(Collector):
+    """The supervisor's restarts of worker processes (RELAY_WORKERS > 1)."""
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        restarts = CounterMetricFamily(
+            "relay_worker_restarts", "Worker processes started again after they died, by role.",
+            labels=["role"],
+        )  # fmt: skip
+        for role, count in self.board.restarts().items():
+            restarts.add_metric([role], count)
+        yield restarts
+
+
+class _EveryProcess(Collector):
+    """Every process's counters, histograms and gauges (prometheus-client's multiprocess
+    mode), and the families none of them has a series of yet (a labelled counter nothing
+    has counted), as one process shows them."""
+
+    def __init__(self) -> None:
+        self.processes = MultiProcessCollector(None)
+
+    def collect(self) -> Iterator[Any]:
+        seen = set()
+        for family in self.processes.collect():
+            seen.add(family.name)
+            yield family
+        for metric in list(globals().values()):
+            if isinstance(metric, MetricWrapperBase):
+                for family in metric.describe():
+                    if family.name not in seen:
+                        yield family
+
+
+_SCRAPED: list[CollectorRegistry] = [REGISTRY]  # what /metrics renders
+
+
+def install(
+    log: LogBackend,
+    sinks: Sequence[str],
+    gate: Gate,
+    *,
+    delivering: bool = True,
+    board: Board | None = None,
+) -> None:
+    """The log's gauges, and each sink's series at 0 where the sinks are delivered. With
+    `board` (a worker of several), /metrics renders every process's counters (prometheus
+    client's multiprocess mode: each process's values in files of PROMETHEUS_MULTIPROC_DIR,
+    set by the supervisor) and the supervisor's restarts."""
+    collector = LogCollector(log, sinks, gate)
     _COLLECTORS.append(collector)
+    if board is None:
+        REGISTRY.register(collector)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_EveryProcess())
+        registry.register(collector)
+        registry.register(WorkerCollector(board))
+        _SCRAPED[:] = [registry]
+    if not delivering:
+        return
     for sink in sinks:
         SINK_UP.labels(sink).set(0)
         for reason in ("operator", "pause_after"):
@@ -237,7 +301,7 @@ def install(log: LogBackend, sinks: Sequence[str]) -> None:
 
 
 def render() -> bytes:
-    return generate_latest(REGISTRY)
+    return generate_latest(_SCRAPED[0])
 
 
 async def scrape() -> bytes:

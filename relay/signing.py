@@ -13,7 +13,7 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 TOLERANCE = 300.0  # seconds a signed message's timestamp may differ from now
 
@@ -48,11 +48,11 @@ def sign(
     }
 
 
-def verify(keys: Sequence[bytes], headers: dict[str, str] | object, body: bytes,
+def verify(keys: Sequence[bytes], headers: Mapping[str, str], body: bytes,
            now: float | None = None) -> None:  # fmt: skip
     """Raise SignatureError unless one of the message's signatures matches one of `keys`
-    and its timestamp is within TOLERANCE of now."""
-    get = headers.get  # type: ignore[attr-defined]
+    and its timestamp is within TOLERANCE of now (`headers`: a request's, any mapping)."""
+    get = headers.get
     msg_id, stamp, given = get("webhook-id"), get("webhook-timestamp"), get("webhook-signature")
     if not (msg_id and stamp and given):
         raise SignatureError("webhook-id, webhook-timestamp and webhook-signature are required")

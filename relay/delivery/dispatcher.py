@@ -179,6 +179,13 @@ class Dispatcher:
     def paused(self) -> bool:
         return not self._running.is_set()
 
+    @property
+    def state(self) -> str:
+        """up | down | starting | paused"""
+        if self.paused:
+            return "paused"
+        return "up" if self.up else "down" if self.up is False else "starting"
+
     async def pause(self, reason: str = "operator") -> None:
         """Deliver nothing more after the batch in flight; events wait in the log."""
         if not self.paused:

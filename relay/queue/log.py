@@ -12,10 +12,13 @@ request that arrived meanwhile.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import functools
 import logging
 import os
 import queue
+import socket
 import sqlite3
 import threading
 import time
@@ -31,6 +34,7 @@ from relay.events import Event
 from relay.queue import lifecycle, migrations
 from relay.queue.fsck import LogDamaged
 from relay.queue.queries import Q
+from relay.queue.shared import SHARED_NAME, SharedLog
 
 if TYPE_CHECKING:
     from relay.queue.admin import (
@@ -63,6 +67,11 @@ CHECK_AT_START_BYTES = 256 * 1024**2
 CHECK_JOIN_SECONDS = 1.0  # how long close() waits for an interrupted check
 
 CheckState = Literal["running", "ok", "damaged"]
+# Which part of the relay opened the log: `single` does everything in one process; with
+# RELAY_WORKERS > 1, the `supervisor` migrates and checks it and shares its counts before
+# any worker starts, `ingest` workers append and `delivery` settles and keeps the log
+# (relay/queue/shared.py); `client` is an operator's command next to a running relay.
+Role = Literal["single", "supervisor", "ingest", "delivery", "client"]
 
 
 class LogClosed(Exception):
@@ -216,28 +225,34 @@ class Log:
         prune_every: float = PRUNE_EVERY,
         check: str = "start",  # auto | start | background, see RELAY_LOG_CHECK
         client: bool = False,
+        role: Role = "single",
     ) -> None:
         self.path = Path(path)
         self.check = check
         # An operator's command next to a running relay: no integrity check (the relay did
         # it), no pruning or checkpoints (the relay does them); its writes still go through
         # a writer thread, serialised with the relay's by SQLite's lock.
-        self.client = client
+        self.role: Role = "client" if client else role
+        self.client = self.role == "client"
+        # Shared with the relay's other processes: the write lock, the counters, the
+        # delivery process's view (relay/queue/shared.py). None in a single process.
+        self._shared: SharedLog | None = None
         self.sync = sync
         self.retention = retention
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.prune_every = prune_every
-        self.events = 0  # rows in `events`, kept by the writer
-        self.bytes = 0  # bytes in use in the database file
-        self.free_disk = 0
+        self._events = 0  # rows in `events`, kept by the writer (see the properties)
+        self._bytes = 0  # bytes in use in the database file
+        self._free_disk = 0
         self._pressure: str | None = None  # from the marks and the disk, see _update_pressure
         # of the integrity check; "damaged" is set once, by the background check, and holds
         self.check_state: CheckState = "running"
         self.check_in_background = False
         self.commits = 0
         self._last_seq = 0  # highest seq committed by this writer
+        self._inserted = 0  # events the commit under way adds
         self._pending = (0, 0)  # (last seq, events) of the commit under way
         self.open_seconds = 0.0  # integrity check (unless in the background) and counts
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -249,6 +264,7 @@ class Log:
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: set[asyncio.Event] = set()
+        self._wakes: socket.socket | None = None  # the delivery process's wake-up datagrams
         self._sinks: tuple[str, ...] = ()
         self._bounds: dict[str, BacklogBound] = {}  # blocking sinks' bounds
         self._cursors: dict[str, int] = {}  # the writer's view of each sink's cursor
@@ -273,16 +289,28 @@ class Log:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old; 3.35 or newer needed")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.role in ("ingest", "delivery") or (
+            self.client and (self.path.parent / SHARED_NAME).exists()
+        ):
+            self._shared = SharedLog(self.path.parent)
         try:
-            migrations.migrate(self.path)
+            if self.role in ("single", "supervisor", "client"):  # not again in its workers
+                migrations.migrate(self.path)
             self.check_in_background = self.check == "background" or (
                 self.check == "auto" and self.path.stat().st_size > CHECK_AT_START_BYTES
             )
+            if self.role == "ingest":  # the supervisor, or the delivery process, checks it
+                self.check_in_background = False
             conn = self._connect()
             try:
                 started = time.monotonic()
-                if self.client:
+                if self.role in ("client", "ingest") or (
+                    self.role == "delivery" and not self.check_in_background
+                ):
+                    # a worker's supervisor checked the log before starting any worker
                     self.check_state = "ok"
+                elif self.role == "supervisor" and self.check_in_background:
+                    self.check_state = "running"  # the delivery process runs it
                 elif not self.check_in_background:
                     # Damage must stop us here, not surface later as a sink stuck on one
                     # event. Reads every page once: measured in the "relay listening" line.
@@ -290,12 +318,17 @@ class Log:
                     if problems:
                         raise sqlite3.DatabaseError("; ".join(problems))
                     self.check_state = "ok"
-                self.events = conn.execute(Q["log_counts"]).fetchone()[0]
-                self._last_seq = conn.execute(Q["max_seq"]).fetchone()[0]
+                if self._shared is None or self.client:
+                    self.events = conn.execute(Q["log_counts"]).fetchone()[0]
+                    self._last_seq = conn.execute(Q["max_seq"]).fetchone()[0]
                 self._cursors = {sink: seq for sink, seq, _ in conn.execute(Q["list_cursors"])}
                 self.pruned_upto = conn.execute(Q["get_pruned_upto"]).fetchone()[0]
                 self._measure(conn)
                 self.open_seconds = time.monotonic() - started
+                if self.role == "supervisor":
+                    shared = SharedLog(self.path.parent, create=True)
+                    shared.set_counters(self._events, self._last_seq, self._bytes, 0)
+                    shared.close()
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
@@ -305,9 +338,11 @@ class Log:
                 "(the damaged file is kept), or set RELAY_ON_DAMAGE=set-aside to start on a "
                 "new log at once."
             ) from None
+        if self.role == "supervisor":
+            return  # its workers open the log themselves
         self._thread = threading.Thread(target=self._run, name="relay-log-writer", daemon=True)
         self._thread.start()
-        if not self.client:
+        if self.role in ("single", "delivery"):
             self._checkpointer = threading.Thread(
                 target=self._checkpoint, name="relay-log-checkpointer", daemon=True
             )
@@ -341,17 +376,63 @@ class Log:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+        if self._wakes is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._wakes.fileno())
+            self._wakes.close()
+        if self._shared is not None:
+            self._shared.close()
 
     @property
     def pressure(self) -> str | None:
         """Why ingest must answer 503, or None. Damage found by the background check holds
-        for the rest of the process: only a repaired log may take events again."""
-        return "log_damaged" if self.check_state == "damaged" else self._pressure
+        for the rest of the process: only a repaired log may take events again. An ingest
+        worker sees the marks at once, from the counters every process keeps current; the
+        sinks' bounds come from the delivery process (relay/processes/board.py)."""
+        if self.check_state == "damaged":
+            return "log_damaged"
+        return self._marks() if self.role == "ingest" else self._pressure
 
     @property
     def last_seq(self) -> int:
-        """The highest seq committed (by this process's writer)."""
+        """The highest seq committed (by any process of the relay)."""
+        if self._shared is not None and not self.client:
+            return self._shared.last_seq
         return self._last_seq
+
+    @property
+    def events(self) -> int:
+        if self._shared is not None and not self.client:
+            return self._shared.events
+        return self._events
+
+    @events.setter
+    def events(self, value: int) -> None:
+        self._events = value
+
+    @property
+    def bytes(self) -> int:
+        if self._shared is not None and not self.client:
+            return self._shared.counters()[2]
+        return self._bytes
+
+    @bytes.setter
+    def bytes(self, value: int) -> None:
+        self._bytes = value
+        if self._shared is not None and not self.client:
+            self._shared.measured(value)
+
+    @property
+    def free_disk(self) -> int:
+        if self._shared is not None and not self.client:
+            return self._shared.counters()[3]
+        return self._free_disk
+
+    @free_disk.setter
+    def free_disk(self, value: int) -> None:
+        self._free_disk = value
+        if self._shared is not None and not self.client:
+            self._shared.measured(self._shared.counters()[2], value)
 
     def set_sinks(
         self, names: Sequence[str], bounds: Mapping[str, BacklogBound] | None = None
@@ -362,7 +443,7 @@ class Log:
         self._bounds = {n: b for n, b in (bounds or {}).items() if b and b.block}
 
     def backlog(self, cursor: int, oldest: float | None) -> Backlog:
-        events = max(0, self._last_seq - cursor)
+        events = max(0, self.last_seq - cursor)
         per_event = self.bytes / self.events if self.events else 0.0
         return Backlog(events, int(events * per_event), oldest if events else None)
 
@@ -373,7 +454,7 @@ class Log:
         rows = [event_row(e, now) for e in events]
         return await self._submit(None, len(rows), True, rows)
 
-    async def quarantine(self, source: str, reason: str, headers: str, body: bytes) -> int:
+    async def quarantine(self, source: str, reason: str, headers: str, body: builtins.bytes) -> int:
         def insert(conn: sqlite3.Connection) -> int:
             cur = conn.execute(Q["insert_quarantine"], (time.time(), source, reason, headers, body))
             return int(cur.lastrowid or 0)
@@ -700,10 +781,24 @@ class Log:
     # -- wake-ups -----------------------------------------------------------------------------
 
     def listener(self) -> asyncio.Event:
-        """An asyncio.Event set after every commit that appended events."""
+        """An asyncio.Event set after every commit that appended events (in the delivery
+        process: those of every ingest worker)."""
         event = asyncio.Event()
         self._listeners.add(event)
+        if self.role == "delivery" and self._shared is not None and self._wakes is None:
+            self._loop = self._loop or asyncio.get_running_loop()
+            self._wakes = self._shared.wake_socket()
+            self._loop.add_reader(self._wakes.fileno(), self._woken)
         return event
+
+    def _woken(self) -> None:
+        assert self._wakes is not None
+        with contextlib.suppress(BlockingIOError):
+            while self._wakes.recv(64):
+                pass
+        self._update_pressure()
+        for event in self._listeners:
+            event.set()
 
     def _after_commit(self, done: list[tuple[asyncio.Future[Any], Any, bool]], woke: bool) -> None:
         for future, result, failed in done:
@@ -769,7 +864,9 @@ class Log:
                         weight += nxt.weight
                     self._commit(conn, batch)
                 now = time.monotonic()
-                if not self.client and now - last_maintenance >= MAINTENANCE_EVERY:
+                if self.role in ("single", "delivery") and (
+                    now - last_maintenance >= MAINTENANCE_EVERY
+                ):
                     last_maintenance = now
                     prune = now - last_prune >= self.prune_every or self._near_mark()
                     if prune:
@@ -783,7 +880,7 @@ class Log:
         finally:
             self._fail_waiting(LogClosed("the log writer has stopped"))
             try:
-                if not self.client:  # the relay's to do: it would wait for its readers
+                if self.role in ("single", "delivery"):  # it would wait for the readers
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
@@ -849,15 +946,24 @@ class Log:
             extra={"path": str(self.path), "problems": problems},
         )
 
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        """The relay's write lock across its processes (none in a single process)."""
+        return self._shared.writing() if self._shared is not None else contextlib.nullcontext()
+
     def _commit(self, conn: sqlite3.Connection, batch: list[_Command]) -> None:
         done: list[tuple[asyncio.Future[Any], Any, bool]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            appended = iter(self._insert(conn, [c for c in batch if c.rows is not None]))
-            results = [next(appended) if c.fn is None else c.fn(conn) for c in batch]
-            conn.execute("COMMIT")
+            with self._writing():
+                conn.execute("BEGIN IMMEDIATE")
+                appended = iter(self._insert(conn, [c for c in batch if c.rows is not None]))
+                results = [next(appended) if c.fn is None else c.fn(conn) for c in batch]
+                conn.execute("COMMIT")
+                if self._shared is not None and self._inserted:
+                    self._shared.appended(self._inserted, self._pending[0], self._bytes)
             self.commits += 1
             self._last_seq, self.events = self._pending
+            if self._shared is not None and self._inserted and self.role != "delivery":
+                self._shared.wake_delivery()
             done = [(c.future, r, False) for c, r in zip(batch, results) if c.future]
         except Exception as exc:
             _rollback(conn)
@@ -880,15 +986,16 @@ class Log:
         the writer thread is what limits ingest, not the fsync). Duplicates are rare: only
         when some row was ignored are the event ids that went in read back, to tell each
         request how many of its events were new."""
+        self._inserted = 0
         if not appends:
-            self._pending = (self._last_seq, self.events)
+            self._pending = (self._last_seq, self._events)
             return []
         rows = [row for cmd in appends for row in cmd.rows or ()]
         # read inside the transaction: another process (the CLI) may have added events
         before = conn.execute(Q["max_seq"]).fetchone()[0]
-        inserted = conn.executemany(Q["insert_event"], rows).rowcount
+        inserted = self._inserted = conn.executemany(Q["insert_event"], rows).rowcount
         # taken over by _commit once the COMMIT went through
-        self._pending = (conn.execute(Q["max_seq"]).fetchone()[0], self.events + inserted)
+        self._pending = (conn.execute(Q["max_seq"]).fetchone()[0], self._events + inserted)
         if inserted == len(rows):
             return [AppendResult(len(cmd.rows or ()), 0) for cmd in appends]
         new = {r[0] for r in conn.execute(Q["event_ids_after"], (before,))}
@@ -920,19 +1027,23 @@ class Log:
             for p in ("page_size", "page_count", "freelist_count")
         )
         self.bytes = (pages - free) * page_size
-        self._update_pressure()
+        if self.role != "ingest":  # an ingest worker answers by the delivery process's view
+            self._update_pressure()
+
+    def _marks(self) -> str | None:
+        """Over RELAY_MAX_EVENTS, RELAY_MAX_BYTES or under RELAY_MIN_FREE_BYTES?"""
+        if self.events >= self.max_events:
+            return "log_full_events"
+        if self.bytes >= self.max_bytes:
+            return "log_full_bytes"
+        if self.min_free_bytes and self.free_disk and self.free_disk < self.min_free_bytes:
+            return "disk_low"
+        return None
 
     def _update_pressure(self) -> None:
         blocked: list[str] = []
         details: list[str] = []
-        if self.events >= self.max_events:
-            pressure: str | None = "log_full_events"
-        elif self.bytes >= self.max_bytes:
-            pressure = "log_full_bytes"
-        elif self.min_free_bytes and self.free_disk and self.free_disk < self.min_free_bytes:
-            pressure = "disk_low"
-        else:
-            pressure = None
+        pressure = self._marks()
         if pressure in ("log_full_events", "log_full_bytes") and self._cursors:
             # near the mark retention keeps only what some sink has not had: the slowest
             # sink is what holds everyone
@@ -968,6 +1079,10 @@ class Log:
         return self.events >= 0.9 * self.max_events or self.bytes >= 0.9 * self.max_bytes
 
     def _maintain(self, conn: sqlite3.Connection, *, prune: bool, idle: bool) -> None:
+        with self._writing():
+            self._maintain_locked(conn, prune=prune, idle=idle)
+
+    def _maintain_locked(self, conn: sqlite3.Connection, *, prune: bool, idle: bool) -> None:
         try:
             stat = os.statvfs(self.path.parent)
             self.free_disk = stat.f_bavail * stat.f_frsize
@@ -1031,6 +1146,8 @@ class Log:
             low = high
         if deleted:
             self.events -= deleted
+            if self._shared is not None:
+                self._shared.pruned(deleted)
             log.debug("pruned events", extra={"deleted": deleted, "upto": upto})
 
 

@@ -16,6 +16,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from relay import metrics
+from relay.app import LocalGate
+from relay.processes.board import Board
 from relay.queue.log import Log
 from tests.deploy.support import DEPLOY, metric_names
 
@@ -35,7 +37,11 @@ async def exported(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[di
     try:
         await event_log.init_cursors(["file:x"])
         event_log.set_sinks(["file:x"])
-        families += list(metrics.LogCollector(event_log, ["file:x"]).collect())
+        gate = LocalGate(event_log, {})
+        families += list(metrics.LogCollector(event_log, ["file:x"], gate).collect())
+        board = Board(tmp_path_factory.mktemp("board"), create=True)
+        families += list(metrics.WorkerCollector(board).collect())
+        board.close()
     finally:
         await event_log.close()
     names: dict[str, str] = {}

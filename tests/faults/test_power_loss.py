@@ -34,7 +34,7 @@ def keys_in_log(db: Path) -> set[str]:
 
 
 async def run_cuts(
-    tmp_path: Path, relay_factory: Callable[..., RelayProcess], sync: str
+    tmp_path: Path, relay_factory: Callable[..., RelayProcess], sync: str, workers: str = "1"
 ) -> dict[str, int]:
     library = build(tmp_path)
     journal = tmp_path / "undo.journal"
@@ -43,6 +43,7 @@ async def run_cuts(
         {
             "RELAY_AUTH_TOKENS": TOKEN,
             "RELAY_SYNC": sync,
+            "RELAY_WORKERS": workers,
             "RELAY_DATA_DIR": str(data),
             "LD_PRELOAD": str(library),
             "UNDO_LOG": str(journal),
@@ -69,15 +70,16 @@ async def run_cuts(
     present = keys_in_log(data / "relay.db")
     counts = {"acknowledged": len(load.acked), "lost": len(load.acked - present),
               "writes_undone": undone, "fsyncs": syncs}  # fmt: skip
-    print(f"power loss, RELAY_SYNC={sync}, {CYCLES} cuts: "
+    print(f"power loss, RELAY_SYNC={sync}, RELAY_WORKERS={workers}, {CYCLES} cuts: "
           + ", ".join(f"{k} {v}" for k, v in counts.items()))  # fmt: skip
     return counts
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_full_sync_keeps_every_acknowledged_event(
-    tmp_path: Path, relay_factory: Callable[..., RelayProcess]
+    workers: str, tmp_path: Path, relay_factory: Callable[..., RelayProcess]
 ) -> None:
-    counts = await run_cuts(tmp_path, relay_factory, "full")
+    counts = await run_cuts(tmp_path, relay_factory, "full", workers)
     assert counts["fsyncs"] > 0  # the shim saw the log's writes (the normal-sync test shows
     assert counts["lost"] == 0  # that it drops what was not synced)
 

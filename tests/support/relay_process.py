@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -48,9 +50,10 @@ class RelayProcess:
         """Start `relay serve`; with `probe`, wait until /healthz answers over plain HTTP."""
         self.starts += 1
         log = open(self.log_path, "ab")
+        # a session (process group) of its own: killing the relay kills every process of it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve"],
-            env=self.env, stdout=log, stderr=log, cwd=self.workdir,
+            env=self.env, stdout=log, stderr=log, cwd=self.workdir, start_new_session=True,
         )  # fmt: skip
         log.close()
 
@@ -70,10 +73,34 @@ class RelayProcess:
         return self
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as on a crash."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        """SIGKILL to every process of the relay (the supervisor and its workers, when it
+        has them) at once: no shutdown code runs, as on a crash of the machine's process
+        or a container's. Returns once none of them is left."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        while True:  # the workers are reaped by init; wait until the group is empty
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.01)
+
+    def workers(self) -> list[int]:
+        """The pids of the relay's worker processes (none with RELAY_WORKERS=1)."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def kill_worker(self, pid: int) -> None:
+        """SIGKILL one worker process: its supervisor starts it again."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
     async def stop(self, timeout: float = 20.0) -> int:
         if not self.proc or self.proc.poll() is not None:

@@ -8,6 +8,8 @@
  * Env: UNDO_LOG   the journal file (appended to)
  *      UNDO_WATCH a path prefix; files whose path starts with it are watched, except "-shm"
  *                 (SQLite's shared-memory index is rebuilt after a crash by design)
+ * Every process of the relay loads it (the environment is inherited) and appends to the one
+ * journal, each record whole; SQLite's write lock keeps their writes to the log apart.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -67,13 +69,23 @@ static void put(const void *data, size_t len) {
 }
 
 /* record: kind (1 byte), path length (u32), path, offset (u64), old file size (u64),
-   saved length (u64), saved bytes */
+   saved length (u64), saved bytes. One write() per record: the relay's processes append to
+   one journal (O_APPEND), and Linux does not interleave one write to a file with another. */
 static void record(char kind, const char *path, uint64_t offset, uint64_t old_size,
                    const char *saved, uint64_t saved_len) {
     uint32_t plen = (uint32_t)strlen(path);
-    put(&kind, 1); put(&plen, 4); put(path, plen);
-    put(&offset, 8); put(&old_size, 8); put(&saved_len, 8);
-    if (saved_len) put(saved, saved_len);
+    size_t total = 1 + 4 + plen + 24 + saved_len;
+    char *buf = malloc(total), *at = buf;
+    if (!buf) abort();
+    *at++ = kind;
+    memcpy(at, &plen, 4); at += 4;
+    memcpy(at, path, plen); at += plen;
+    memcpy(at, &offset, 8); at += 8;
+    memcpy(at, &old_size, 8); at += 8;
+    memcpy(at, &saved_len, 8); at += 8;
+    if (saved_len) memcpy(at, saved, saved_len);
+    put(buf, total);
+    free(buf);
 }
 
 static void save_range(int fd, const char *path, char kind, off_t from, off_t to) {
