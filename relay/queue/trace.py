@@ -527,13 +527,15 @@ def _newer_had(
 
 
 def _stale_note(stale: bool, mode: str, had: str, newer: int | None = None) -> str:
+    """`had` says when the sink had the newer event: before this one went ("had"), or
+    before it goes."""
     if not stale:
         return ""
     which = f" (seq {newer})" if newer is not None else ""
-    action = {"flag": "marked stale (STALE=flag)", "drop": "dropped (STALE=drop)"}.get(
-        mode, "sent as it is (STALE=deliver)"
-    )
-    return f"; stale: the sink {had} a newer event of its object{which}: {action}"
+    verb = "was" if had == "had" else "will be"
+    action = {"flag": f"{verb} marked stale (STALE=flag)", "drop": f"{verb} dropped (STALE=drop)"}
+    done = action.get(mode, f"{verb} sent as it is (STALE=deliver)")
+    return f"; stale: the sink {had} a newer event of its object{which}: it {done}"
 
 
 _SHED = {
@@ -588,7 +590,10 @@ def _attempts(r: Retry) -> str:
 def _time(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):  # past what a calendar date can say
+        return f"{ts:g} (unix seconds)"
 
 
 def _s(n: int | None) -> str:

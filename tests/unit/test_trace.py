@@ -4,6 +4,7 @@ wrote."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import msgspec
@@ -171,7 +172,8 @@ def test_queued_again_and_stale_when_the_sink_has_since_had_a_newer_event() -> N
     t = build(r)
     kafka, images = sink(t, KAFKA), sink(t, IMAGES)
     assert (kafka.state, kafka.queued, kafka.stale) == ("queued again", "replay", True)
-    assert "marked stale (STALE=flag)" in kafka.detail
+    assert kafka.detail.endswith("the sink has since had a newer event of its object: it will be "
+                                 "marked stale (STALE=flag)")  # fmt: skip
     assert (images.state, images.stale) == ("stale", True)  # STALE=drop: never sent
     assert "dropped, not sent (STALE=drop)" in images.detail
     r.redeliveries = {(KAFKA, 7): RedeliveryRow("replay", None)}
@@ -184,7 +186,9 @@ def test_in_cursor_order_an_event_older_than_one_the_sink_had_is_stale() -> None
     t = build(rows(first, late, cursor=9))
     kafka, images = sink(t, KAFKA, 1), sink(t, IMAGES, 1)
     assert (kafka.state, kafka.stale) == ("delivered", True)
-    assert "a newer event of its object (seq 7): marked stale (STALE=flag)" in kafka.detail
+    assert kafka.detail.endswith(
+        "; stale: the sink had a newer event of its object (seq 7): it was marked stale "
+        "(STALE=flag)")  # fmt: skip
     assert (images.state, images.stale) == ("stale", True)
     assert images.detail.startswith("not sent: older than seq 7 of its object")
     assert not sink(t, KAFKA, 0).stale
@@ -272,3 +276,34 @@ async def test_read_from_the_log_each_state_the_settlements_wrote(log: Log) -> N
     assert t.events == [] and "received since" in t.notes[0]
     assert (await log.trace(TraceQuery.parse("99"), ROUTING)).notes == [
         "no event has seq 99: the newest in the log is seq 7"]  # fmt: skip
+
+
+async def test_since_starts_the_scan_where_the_log_reaches_it(log: Log) -> None:
+    await log.append([minio_event("invoices", f"k{n % 3}", n) for n in range(1, 101)])
+    # received a minute apart, one event after the other
+    with sqlite3.connect(log.path) as conn:
+        conn.execute("UPDATE events SET received_at = 1000000 + seq * 60")
+    conn = log.reader()
+    assert trace._first_seq_since(conn, 1_000_000 + 50 * 60) == 49  # a minute early
+    assert trace._first_seq_since(conn, 0) == 0
+    assert trace._first_seq_since(conn, 2e9) == 101  # past the end
+    t = await log.trace(TraceQuery.parse("invoices/k1", since=1_000_000 + 90 * 60), ROUTING)
+    assert [e.seq for e in t.events] == [91, 94, 97, 100]
+
+
+async def test_too_much_ahead_to_read_counts_every_event_before_rules(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await log.append([minio_event("invoices", f"k{n}.jpg" if n % 2 else f"k{n}", n)
+                      for n in range(1, 21)])  # fmt: skip
+    [event] = (await log.trace(TraceQuery.parse("20"), ROUTING)).events
+    images = next(s for s in event.sinks if s.sink == IMAGES)
+    assert (images.state, images.ahead, images.ahead_exact) == ("filtered", None, True)
+    [event] = (await log.trace(TraceQuery.parse("19"), ROUTING)).events
+    images = next(s for s in event.sinks if s.sink == IMAGES)
+    assert (images.ahead, images.ahead_exact) == (9, True)  # the .jpg ones: 1, 3, … 17
+    monkeypatch.setattr(trace, "AHEAD_SCAN", 5)
+    [event] = (await log.trace(TraceQuery.parse("19"), ROUTING)).events
+    images = next(s for s in event.sinks if s.sink == IMAGES)
+    assert (images.ahead, images.ahead_exact) == (18, False)
+    assert "18 events of the log (before rules) ahead of it" in images.detail
