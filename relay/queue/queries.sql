@@ -466,7 +466,7 @@ ORDER BY seq;
 SELECT seq, received_at FROM events WHERE seq >= :seq ORDER BY seq LIMIT 1;
 
 -- name: trace_cursors
-SELECT sink, seq, updated_at, paused, paused_at FROM cursors;
+SELECT sink, seq, updated_at, paused FROM cursors;
 
 -- name: trace_dead_letters
 -- The dead letters of the events whose seqs are in the JSON array :seqs, oldest first.

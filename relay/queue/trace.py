@@ -214,7 +214,6 @@ class TraceRows:
     ahead: dict[tuple[str, int], tuple[int, bool]] = field(default_factory=dict)
     pruned_upto: int = 0
     head: int = 0  # the highest seq in the log
-    oldest: int = 0  # the lowest
 
 
 def read(conn: sqlite3.Connection, query: TraceQuery, routing: Routing) -> TraceRows:
@@ -232,11 +231,11 @@ def read(conn: sqlite3.Connection, query: TraceQuery, routing: Routing) -> Trace
     rows = TraceRows(matched=matched, more=len(found) - len(matched))
     rows.pruned_upto = int(conn.execute(Q["get_pruned_upto"]).fetchone()[0])
     rows.head = int(conn.execute(Q["max_seq"]).fetchone()[0])
-    rows.oldest = int(conn.execute(Q["min_event_seq"]).fetchone()[0])
-    for sink, seq, updated_at, paused, _ in conn.execute(Q["trace_cursors"]):
-        rows.cursors[sink] = CursorRow(seq, updated_at, paused)
-    for sink, first, last, count, _, _, reason in conn.execute(Q["trace_missed"]):
-        rows.missed.setdefault(sink, []).append(Shed(first, last, count, reason))
+    for row in _named(conn, "trace_cursors"):
+        rows.cursors[row["sink"]] = CursorRow(row["seq"], row["updated_at"], row["paused"])
+    for row in _named(conn, "trace_missed"):
+        shed = Shed(row["first_seq"], row["last_seq"], row["count"], row["reason"])
+        rows.missed.setdefault(row["sink"], []).append(shed)
     if not matched:
         return rows
     # the objects' earlier events tell whether a sink had a newer one (stale)
@@ -246,23 +245,30 @@ def read(conn: sqlite3.Connection, query: TraceQuery, routing: Routing) -> Trace
     else:
         for bucket, key in objects:
             rows.history[(bucket, key)] = _object(conn, bucket, key, from_seq, since)
-    seqs = sorted({e.seq for events in rows.history.values() for e in events} |
-                  {e.seq for e in matched})  # fmt: skip
+    seqs = {e.seq for events in rows.history.values() for e in events} | {e.seq for e in matched}
     rows.dead_letters = [
-        DeadLetterRow(*row) for row in conn.execute(Q["trace_dead_letters"], {"seqs": _ids(seqs)})
+        DeadLetterRow(**dict(row))
+        for row in _named(conn, "trace_dead_letters", {"seqs": _ids(seqs)})
     ]
-    for sink, seq, reason, newer in conn.execute(
-        Q["trace_redeliveries"], {"seqs": _ids(e.seq for e in matched)}
-    ):
-        rows.redeliveries[(sink, seq)] = RedeliveryRow(reason, newer)
-    for sink, seq, attempts, next_at, error in conn.execute(Q["trace_retries"]):
-        rows.retries[(sink, seq)] = Retry(seq, attempts, next_at, error)
-    for sink, seq, bucket, key in conn.execute(
-        Q["trace_parked_objects"], {"objects": json.dumps(objects)}
-    ):
-        rows.parked.setdefault((sink, bucket, key), []).append(seq)
+    for row in _named(conn, "trace_redeliveries", {"seqs": _ids(e.seq for e in matched)}):
+        rows.redeliveries[(row["sink"], row["seq"])] = RedeliveryRow(row["reason"], row["newer"])
+    for row in _named(conn, "trace_retries"):
+        retry = Retry(row["seq"], row["attempts"], row["next_at"], row["last_error"])
+        rows.retries[(row["sink"], row["seq"])] = retry
+    for row in _named(conn, "trace_parked_objects", {"objects": json.dumps(objects)}):
+        rows.parked.setdefault((row["sink"], row["bucket"], row["key"]), []).append(row["seq"])
     rows.ahead = _ahead(conn, rows, routing)
     return rows
+
+
+def _named(
+    conn: sqlite3.Connection, query: str, params: Mapping[str, Any] | None = None
+) -> sqlite3.Cursor:
+    """A query whose rows are read by column name (the readers' connections are shared:
+    the row factory is the cursor's)."""
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    return cursor.execute(Q[query], params or {})
 
 
 def _entries(conn: sqlite3.Connection, query: str, params: Mapping[str, Any]) -> list[LogEntry]:

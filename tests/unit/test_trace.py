@@ -207,7 +207,7 @@ def test_shed_inside_a_range_the_sink_is_owed_a_marker_for() -> None:
 
 
 def test_nothing_matched_says_what_the_log_knows() -> None:
-    base = {"pruned_upto": 100, "head": 500, "oldest": 90}
+    base = {"pruned_upto": 100, "head": 500}
     gap = Shed(40, 60, None, "pruned")
     t = trace.build(TraceQuery.parse("50"), TraceRows([], missed={KAFKA: [gap]}, **base), ROUTING)
     assert t.events == []
