@@ -27,12 +27,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from relay import ingest, metrics, tail
 from relay.config import ConfigError, Settings
 from relay.delivery.dispatcher import Dispatcher
-from relay.queue import admin
+from relay.queue import admin, trace
 from relay.queue.backend import LogBackend
 
 log = logging.getLogger("relay.admin")
@@ -194,6 +195,7 @@ def mount(
         ("POST", "/admin/api/quarantine/retry", quarantine_retry),
         ("GET", r"/admin/api/quarantine/{id:\d+}", quarantine_show),
         ("POST", "/admin/api/replay", replay),
+        ("GET", "/admin/api/trace", trace_events),
         ("GET", "/admin/events/stream", events_stream),
     ):
         router.add_route(method, path, guarded(handler))
@@ -522,6 +524,31 @@ async def replay(request: web.Request) -> web.Response:
              extra={"sink": sink, "selected": selected, "queued": queued,
                     "ignore_rules": ignore_rules})  # fmt: skip
     return _json({"sink": sink, "selected": selected, "queued": queued})
+
+
+# -- where is my event --------------------------------------------------------------------------
+
+
+async def trace_events(request: web.Request) -> web.Response:
+    """`?q=` an event id, a seq or bucket/key; `?since=`, `?limit=`: the events it names
+    and, per sink, where each is (the answer of `relay trace --json`)."""
+    a = request.app[ADMIN_KEY]
+    text = _str(request.query.get("q"), "q")
+    if text is None:
+        raise _error(400, "name the event: ?q=<event id> | <seq> | <bucket>/<key>")
+    since = _when(request.query.get("since"), "since", time.time())
+    limit = max(1, min(_int(request.query.get("limit", trace.LIMIT), "limit"), MAX_LIST_LIMIT))
+    query = trace.TraceQuery.parse(text, since, limit)
+    return _json(msgspec.to_builtins(await a.log.trace(query, _routing(a))))
+
+
+def _routing(a: Admin) -> trace.Routing:
+    """The sinks as their dispatchers run them: their rules (every dispatcher has the same;
+    a reload swaps them) and their STALE."""
+    router = next((d.router for d in a.dispatchers.values()), None)
+    stale = {name: d.policy.stale for name, d in a.dispatchers.items()}
+    why_not = router.why_not_to if router is not None else (lambda sink, event: None)
+    return trace.Routing(list(a.dispatchers), why_not, stale)
 
 
 # -- live tail ------------------------------------------------------------------------------------

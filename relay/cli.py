@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from relay import __version__, completion, datadir, logs, progress, sinks
 from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, load_settings
 from relay.events import Unparseable, parse_body
@@ -40,8 +42,8 @@ EXIT_OK, EXIT_UNHEALTHY, EXIT_CONFIG, EXIT_DAMAGED = 0, 1, 2, 3
 EXIT_CODES = """exit status:
   0  done; everything checked is healthy
   1  a sink unreachable (check), a check that failed (audit verify), a body still unreadable
-     (quarantine retry), an operator error (no such dead letter, another relay holds the
-     data directory)
+     (quarantine retry), no event matched (trace), an operator error (no such dead letter,
+     another relay holds the data directory)
   2  a configuration error, named with its variable
   3  the log is damaged (fsck; serve with RELAY_ON_DAMAGE=refuse)"""
 T = TypeVar("T")
@@ -212,6 +214,28 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="one JSON object per event")
     t.add_argument("--count", type=int, help="exit after this many events")
     t.set_defaults(run=cmd_tail)
+
+    tr = sub.add_parser(
+        "trace", help="where is my event: per sink, delivered, waiting, parked, … and why",
+        description="Where the events the query names are, per configured sink: delivered "
+        "(by when), waiting (behind how many), parked (behind which failing event), retrying, "
+        "dead-lettered, queued again, stale, filtered (by which rule condition) or shed.",
+        epilog="exit status: 0 when an event matched, 1 when none did (what the log knows of "
+        "it is printed), 2 on a configuration error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    tr.add_argument(
+        "query", metavar="EVENT",
+        help="an event id (32 hex digits), a seq, or bucket/key (the decoded key: every event "
+        "of the object, the newest --limit)",
+    )  # fmt: skip
+    tr.add_argument(
+        "--since", help="only events received then or later: RFC 3339 time or a duration ago "
+        "(2h); a search by object reads the log from there (default: all of it)",
+    )  # fmt: skip
+    tr.add_argument("--limit", type=int, default=20, help="events of an object shown, newest")
+    _json_flag(tr)
+    tr.set_defaults(run=cmd_trace)
 
     rules = sub.add_parser("rules", help="routing rules").add_subparsers(metavar="action")
     t = rules.add_parser("test", help="which sinks an event body would reach, and why")
@@ -686,6 +710,58 @@ def cmd_tail(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from relay.queue import trace
+
+    config = _config()
+    since = _when(args.since, time.time()) if args.since else None
+    query = trace.TraceQuery.parse(args.query, since, max(1, args.limit))
+    routing = _routing(config)
+    found = _operate(config, lambda log: log.trace(query, routing))
+    if args.json:
+        _print_json(msgspec.to_builtins(found))
+    else:
+        print(format_trace(found), end="")
+    return EXIT_OK if found.events else EXIT_UNHEALTHY
+
+
+def _routing(config: Config) -> Any:
+    """What a trace needs of the configuration: the sinks, their rules and their STALE (an
+    `auto` one is the sink's own default, so the sinks are made, not connected)."""
+    from relay import app
+    from relay.delivery.dispatcher import Policy
+    from relay.queue import trace
+
+    outputs = app.build_sinks(config)
+    stale = {s.name: Policy.from_spec(s, o).stale for s, o in zip(config.specs, outputs)}
+    return trace.Routing([s.name for s in config.specs], config.router.why_not_to, stale)
+
+
+def format_trace(found: Any) -> str:
+    """A block per event, a line per sink."""
+    lines: list[str] = []
+    for e in found.events:
+        path = "/" if e.source == "default" else f"/{e.source}"
+        size = f", {e.size} bytes" if e.size is not None else ""
+        lines += [
+            f"seq {e.seq}  {e.event_name}  {e.bucket}/{e.key}",
+            f"  received {_time(e.received_at)} on POST {path} ({e.dialect}), event id "
+            f"{e.event_id}{size}",
+            "  duplicates of it: not counted by the log (a sender's retry is answered and not "
+            "stored)",
+        ]
+        width = max((len(s.sink) for s in e.sinks), default=0)
+        for s in e.sinks:
+            lines.append(f"  {s.sink:<{width}}  {s.state:<13}  {s.detail}")
+        if not e.sinks:
+            lines.append("  (no sink is configured)")
+        lines.append("")
+    if found.more:
+        lines.append(f"{found.more} older event(s) of the object not shown (--limit, --since)")
+    lines += found.notes
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:

@@ -267,13 +267,43 @@ def _meta_keys(key: str) -> tuple[str, str]:
     return key, _META_PREFIX + key
 
 
+class Failed:
+    """One condition of a rule that an event fails. Every one a rule can fail is made when
+    the rule is compiled, so a check that fails (most do: most events are not for most
+    sinks) allocates nothing; `_CompiledRule.describe` words it for an operator."""
+
+    __slots__ = ("index", "kind")
+
+    def __init__(self, kind: str, index: int = 0) -> None:
+        self.kind = kind  # which condition: "event", "bucket", …, "tag_differs"
+        self.index = index  # which metadata pair or tag of the rule
+
+    def __repr__(self) -> str:
+        return f"Failed({self.kind!r}, {self.index})"
+
+
+_EVENT = Failed("event")
+_BUCKET = Failed("bucket")
+_SOURCE = Failed("source")
+_PREFIX = Failed("prefix")
+_SUFFIX = Failed("suffix")
+_KEY_REGEX = Failed("key_regex")
+_SIZE_UNKNOWN = Failed("size_unknown")
+_BELOW_MIN = Failed("below_min")
+_ABOVE_MAX = Failed("above_max")
+
+# A compiled rule's checks: the first condition the event fails, None when it matches.
+Check = Callable[[Event], Failed | None]
+
+
 class _CompiledRule:
-    """A rule with everything precomputed; `match` is the hot path."""
+    """A rule with everything precomputed; `check` is the hot path, the one place its
+    conditions are tested (routing and explaining both use it)."""
 
     __slots__ = (
         "buckets",
+        "check",
         "event_set",
-        "match",
         "metadata",
         "regex",
         "rule",
@@ -307,11 +337,17 @@ class _CompiledRule:
                 ) from None
         else:
             self.regex = None
-        self.metadata = tuple((*_meta_keys(k), v) for k, v in rule.metadata)
-        self.tags = tuple(rule.tags)
-        self.match = self._build_matcher()
+        self.metadata = tuple(
+            (*_meta_keys(k), v, Failed("metadata_missing", i), Failed("metadata_differs", i))
+            for i, (k, v) in enumerate(rule.metadata)
+        )
+        self.tags = tuple(
+            (k, v, Failed("tag_missing", i), Failed("tag_differs", i))
+            for i, (k, v) in enumerate(rule.tags)
+        )
+        self.check = self._build_check()
 
-    def _build_matcher(self) -> Callable[[Event], bool]:
+    def _build_check(self) -> Check:
         # One closure per rule, holding only the checks this rule has, in local variables.
         rule = self.rule
         events = self.event_set
@@ -326,101 +362,110 @@ class _CompiledRule:
         min_size = rule.min_size
         max_size = rule.max_size
         sized = min_size is not None or max_size is not None
-        lo = min_size if min_size is not None else 0
+        lo = min_size if min_size is not None else float("-inf")
         hi = max_size if max_size is not None else float("inf")
         metadata = self.metadata
         tags = self.tags
         keyed = bool(prefix or suffix or search is not None)
 
-        def keys_match(key: str) -> bool:
+        def key_fails(key: str) -> Failed | None:
             if prefix and not key.startswith(prefix):
-                return False
+                return _PREFIX
             if suffix and not key.endswith(suffix):
-                return False
-            return search is None or search(key) is not None
+                return _SUFFIX
+            if search is not None and search(key) is None:
+                return _KEY_REGEX
+            return None
 
-        def match(event: Event) -> bool:
+        def check(event: Event) -> Failed | None:
             if not all_events:
                 name = event.event_name
                 if name not in exact and not name.startswith(families):
-                    return False
+                    return _EVENT
             if buckets is not None and event.bucket not in buckets:
-                return False
+                return _BUCKET
             if sources is not None and event.source not in sources:
-                return False
+                return _SOURCE
             if keyed:
                 if event.objects:  # a multi-object request: any of its objects
-                    if not any(keys_match(key) for key in event.objects):
-                        return False
-                elif not keys_match(event.key):
-                    return False
+                    first = None
+                    for key in event.objects:
+                        failed = key_fails(key)
+                        if failed is None:
+                            break
+                        first = first or failed
+                    else:
+                        return first  # the first object's, as `describe` words it
+                else:
+                    failed = key_fails(event.key)
+                    if failed is not None:
+                        return failed
             if sized:
                 size = event.size
-                if size is None or size < lo or size > hi:
-                    return False
+                if size is None:
+                    return _SIZE_UNKNOWN
+                if size < lo:
+                    return _BELOW_MIN
+                if size > hi:
+                    return _ABOVE_MAX
             if metadata:
                 got = event.metadata
-                for key1, key2, want in metadata:
+                for key1, key2, want, missing, differs in metadata:
                     value = got.get(key1)
                     if value is None:
                         value = got.get(key2)
                     if value != want:
-                        return False
+                        return missing if value is None else differs
             if tags:
                 got = event.tags
-                for tag, want in tags:
-                    if got.get(tag) != want:
-                        return False
-            return True
+                for tag, want, missing, differs in tags:
+                    value = got.get(tag)
+                    if value != want:
+                        return missing if value is None else differs
+            return None
 
-        return match
+        return check
 
-    def _key_fails(self, key: str) -> str | None:
-        rule = self.rule
-        if rule.prefix and not key.startswith(rule.prefix):
-            return f"prefix {_q(rule.prefix)} does not match key {_q(key)}"
-        if rule.suffix and not key.endswith(rule.suffix):
-            return f"suffix {_q(rule.suffix)} does not match key {_q(key)}"
-        if self.regex is not None and self.regex.search(key) is None:
-            return f"key_regex {_q(rule.key_regex or '')} does not match key {_q(key)}"
-        return None
-
-    def why_not(self, event: Event) -> str | None:
-        """The first failing filter, in the same order as `match`; None when it matches."""
-        rule = self.rule
-        if not self.event_set.match(event.event_name):
+    def describe(self, failed: Failed, event: Event) -> str:
+        """What `check` found, in an operator's words."""
+        rule, kind = self.rule, failed.kind
+        if kind == "event":
             return f"event {_q(event.event_name)} does not match events {_qlist(rule.events)}"
-        if self.buckets is not None and event.bucket not in self.buckets:
+        if kind == "bucket":
             return f"bucket {_q(event.bucket)} is not in buckets {_qlist(rule.buckets)}"
-        if self.sources is not None and event.source not in self.sources:
+        if kind == "source":
             return f"source {_q(event.source)} is not in sources {_qlist(rule.sources)}"
-        failures = [self._key_fails(key) for key in event.objects or (event.key,)]
-        if all(failures):
+        if kind in ("prefix", "suffix", "key_regex"):
+            key = event.objects[0] if event.objects else event.key
+            pattern = {"prefix": rule.prefix, "suffix": rule.suffix}.get(kind, rule.key_regex)
+            text = f"{kind} {_q(pattern or '')} does not match key {_q(key)}"
             if event.objects:
-                return f"none of the objects {_qlist(list(event.objects))} matches: {failures[0]}"
-            return failures[0]
-        if rule.min_size is not None or rule.max_size is not None:
-            if event.size is None:
-                return "size is unknown (the sender gave none) and the rule has a size filter"
-            if rule.min_size is not None and event.size < rule.min_size:
-                return f"size {event.size} is below min_size {rule.min_size}"
-            if rule.max_size is not None and event.size > rule.max_size:
-                return f"size {event.size} is above max_size {rule.max_size}"
-        for (key1, key2, want), (written, _) in zip(self.metadata, rule.metadata, strict=True):
+                return f"none of the objects {_qlist(list(event.objects))} matches: {text}"
+            return text
+        if kind == "size_unknown":
+            return "size is unknown (the sender gave none) and the rule has a size filter"
+        if kind == "below_min":
+            return f"size {event.size} is below min_size {rule.min_size}"
+        if kind == "above_max":
+            return f"size {event.size} is above max_size {rule.max_size}"
+        if kind.startswith("metadata"):
+            written, want = rule.metadata[failed.index]
+            key1, key2 = self.metadata[failed.index][:2]
             value = event.metadata.get(key1)
-            if value is None:
-                value = event.metadata.get(key2)
+            value = event.metadata.get(key2) if value is None else value
             if value is None:
                 return f"metadata {_q(written)} is missing (rule wants {_q(want)})"
-            if value != want:
-                return f"metadata {_q(written)} is {_q(value)}, rule wants {_q(want)}"
-        for tag, want in self.tags:
-            value = event.tags.get(tag)
-            if value is None:
-                return f"tag {_q(tag)} is missing (rule wants {_q(want)})"
-            if value != want:
-                return f"tag {_q(tag)} is {_q(value)}, rule wants {_q(want)}"
-        return None
+            return f"metadata {_q(written)} is {_q(value)}, rule wants {_q(want)}"
+        tag, want = rule.tags[failed.index]
+        value = event.tags.get(tag)
+        if value is None:
+            return f"tag {_q(tag)} is missing (rule wants {_q(want)})"
+        return f"tag {_q(tag)} is {_q(value)}, rule wants {_q(want)}"
+
+    def why_not(self, event: Event) -> str | None:
+        """The first failing condition, worded; None when the rule matches."""
+        failed = self.check(event)
+        return None if failed is None else self.describe(failed, event)
 
     def why_yes(self) -> str:
         rule = self.rule
@@ -491,17 +536,17 @@ class Router:
             compiled.append(_CompiledRule(rule, targets))
         self._compiled = tuple(compiled)
 
-        # Per sink: the matchers of the rules that target it. None = no rules, route all.
+        # Per sink: the checks of the rules that target it. None = no rules, route all.
         self._no_rules = not compiled
-        by_sink: dict[str, list[Callable[[Event], bool]]] = {sid: [] for sid in all_sinks}
+        by_sink: dict[str, list[Check]] = {sid: [] for sid in all_sinks}
         for comp in compiled:
             for sid in comp.sinks:
-                by_sink[sid].append(comp.match)
-        self._by_sink: dict[str, tuple[Callable[[Event], bool], ...]] = {
-            sid: tuple(matchers) for sid, matchers in by_sink.items()
+                by_sink[sid].append(comp.check)
+        self._by_sink: dict[str, tuple[Check, ...]] = {
+            sid: tuple(checks) for sid, checks in by_sink.items()
         }
         # A sink id the router was not told about is reached only by rules that name no sinks.
-        self._unlisted = tuple(c.match for c in compiled if not c.rule.sinks)
+        self._unlisted = tuple(c.check for c in compiled if not c.rule.sinks)
 
         for sid in self.unrouted_sinks():
             self.warnings.append(
@@ -513,8 +558,8 @@ class Router:
         """Whether `event` goes to `sink_id`. Called per event per sink: keep it cheap."""
         if self._no_rules:
             return True
-        for match in self._by_sink.get(sink_id, self._unlisted):
-            if match(event):
+        for check in self._by_sink.get(sink_id, self._unlisted):
+            if check(event) is None:
                 return True
         return False
 
@@ -524,15 +569,32 @@ class Router:
             return sorted(set(self.sink_ids))
         reached: set[str] = set()
         for comp in self._compiled:
-            if comp.match(event):
+            if comp.check(event) is None:
                 reached.update(comp.sinks)
         return sorted(reached)
+
+    def why_not_to(self, sink_id: str, event: Event) -> list[str] | None:
+        """Why `event` does not go to `sink_id`: the first failing condition of each rule
+        that targets the sink, in rule order (`rule "images": suffix ".jpg" does not match
+        key "x.pdf"`); None when it goes there."""
+        if self._no_rules:
+            return None
+        known = sink_id in self._by_sink
+        reasons = []
+        for comp in self._compiled:
+            if (sink_id in comp.sinks) if known else not comp.rule.sinks:
+                failed = comp.check(event)
+                if failed is None:
+                    return None
+                reasons.append(f"rule {_q(comp.rule.name)}: {comp.describe(failed, event)}")
+        return reasons or [f"no rule sends events to {sink_id}"]
 
     def explain(self, event: Event) -> list[RuleVerdict]:
         """One verdict per rule, in rule order."""
         verdicts = []
         for comp in self._compiled:
-            failure = comp.why_not(event)
+            failed = comp.check(event)
+            failure = None if failed is None else comp.describe(failed, event)
             verdicts.append(
                 RuleVerdict(
                     name=comp.rule.name,
@@ -547,7 +609,7 @@ class Router:
         """Configured sinks that no rule targets (empty when there are no rules)."""
         if self._no_rules:
             return []
-        return sorted(sid for sid, matchers in self._by_sink.items() if not matchers)
+        return sorted(sid for sid, checks in self._by_sink.items() if not checks)
 
 
 def format_verdicts(event: Event, verdicts: Sequence[RuleVerdict], sinks: Sequence[str]) -> str:

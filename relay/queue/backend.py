@@ -50,6 +50,7 @@ from relay.queue.log import (
     SinkState,
 )
 from relay.queue.stats import Orphan, SinkStats
+from relay.queue.trace import Routing, Trace, TraceQuery
 
 Progress = Callable[[int, int], None]  # (done, total), while a long operation goes on
 
@@ -232,6 +233,12 @@ class LogBackend(Protocol):
     async def pending_seqs(self, sink: str) -> set[int]:
         """The seqs `sink` is still to be handed outside its cursor's order (queued again,
         parked)."""
+        ...
+
+    async def trace(self, query: TraceQuery, routing: Routing) -> Trace:
+        """Where the events `query` names are, per sink of `routing` (relay/queue/trace.py):
+        delivered, waiting, parked, retrying, dead-lettered, queued again, stale, filtered
+        (and by which rule condition), shed."""
         ...
 
     async def oldest_received(self) -> float | None:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         Select,
     )
     from relay.queue.stats import Orphan, SinkStats
+    from relay.queue.trace import Routing, Trace, TraceQuery
 
 log = logging.getLogger("relay.log")
 
@@ -773,6 +774,13 @@ class Log:
         return set(await self._operator_read(lambda c: {
             int(r[0]) for r in c.execute(Q["redelivery_seqs"], {"sink": sink})
         }))  # fmt: skip
+
+    async def trace(self, query: TraceQuery, routing: Routing) -> Trace:
+        """The rows on a reader thread of the operator's; the trace built from them here."""
+        from relay.queue import trace
+
+        rows = await self._operator_read(lambda c: trace.read(c, query, routing))
+        return trace.build(query, rows, routing)
 
     async def oldest_received(self) -> float | None:
         row = await self._operator_read(lambda c: c.execute(Q["oldest_after"], (0,)).fetchone())

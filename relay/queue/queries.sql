@@ -430,3 +430,73 @@ UPDATE cursors SET paused = :reason, paused_at = :at WHERE sink = :sink;
 
 -- name: set_failing_since
 UPDATE cursors SET failing_since = :at WHERE sink = :sink;
+
+-- Tracing events (`relay trace`, GET /admin/api/trace; relay/queue/trace.py): where the log
+-- says an event is for each sink. Read only, on the operator's reader threads. No index
+-- serves a search by object: one on (bucket, key) would cost every insert, so a trace reads
+-- the events from where the log reaches its `since` (found by seq, see event_at_or_after).
+
+-- name: trace_by_seq
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events WHERE seq = :seq;
+
+-- name: trace_by_event_id
+-- The dedup index holds the event id: SQLite finds the seq by scanning the index, which is
+-- far smaller than the table.
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events WHERE seq IN (SELECT seq FROM events WHERE event_id = :event_id) ORDER BY seq;
+
+-- name: trace_object
+-- The events of one object received at :since or later, oldest first; :from_seq is where
+-- the log reaches :since, so the scan starts there rather than at the oldest event.
+SELECT seq, received_at, event_id, source, dialect, event_name, bucket, key, size, etag,
+       version_id, sequencer, event_time, principal, source_ip, user_agent, request_id,
+       sender_event_id, attrs, record
+FROM events
+WHERE seq >= :from_seq AND bucket = :bucket AND key = :key AND received_at >= :since
+ORDER BY seq;
+
+-- name: event_at_or_after
+-- One step of the search for the first event received at a time: seqs rise with
+-- received_at (a commit's time), so a search by seq finds it in a few look-ups.
+SELECT seq, received_at FROM events WHERE seq >= :seq ORDER BY seq LIMIT 1;
+
+-- name: trace_cursors
+SELECT sink, seq, updated_at, paused FROM cursors;
+
+-- name: trace_dead_letters
+-- The dead letters of the events whose seqs are in the JSON array :seqs, oldest first.
+SELECT id, sink, seq, attempts, error, at, retrying_to FROM dead_letters
+WHERE seq IN (SELECT value FROM json_each(:seqs)) ORDER BY id;
+
+-- name: trace_redeliveries
+-- What waits outside a cursor's order for the events in :seqs: queued again (a dead letter
+-- retried, a replay; `newer` the stale check's token) or parked.
+SELECT sink, seq, reason, newer FROM redeliveries
+WHERE seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: trace_retries
+-- Every retry schedule (few: one per parked object's head, one per sink whose cursor holds).
+SELECT sink, seq, attempts, next_at, last_error FROM retries;
+
+-- name: trace_parked_objects
+-- Per sink, the parked events of the objects in :objects (a JSON array of [bucket, key]
+-- pairs), in order: the first of each object's is the one that failed.
+SELECT r.sink, r.seq, e.bucket, e.key
+FROM redeliveries r JOIN events e ON e.seq = r.seq
+WHERE r.reason = 'parked'
+  AND (e.bucket, e.key) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+                            FROM json_each(:objects))
+ORDER BY r.sink, r.seq;
+
+-- name: trace_missed
+-- The relay:MissedEvents markers still owed, per sink (a delivered marker leaves the table).
+SELECT sink, first_seq, last_seq, count, first_at, last_at, reason FROM missed
+ORDER BY sink, first_seq;
+
+-- name: count_between
+SELECT count(*) FROM events WHERE seq > :after AND seq < :before;

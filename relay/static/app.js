@@ -208,6 +208,66 @@ function renderEvents() {
   $("events-empty").hidden = recent.length !== 0;
 }
 
+// Where is my event: GET /admin/api/trace, an event per block, a sink per row.
+function renderTrace(data) {
+  const box = $("trace-results");
+  box.replaceChildren();
+  for (const e of data.events) {
+    const block = document.createElement("div");
+    block.className = "trace-event";
+    block.dataset.seq = e.seq;
+    const title = document.createElement("h3");
+    title.textContent = "seq " + e.seq + " · " + e.event_name + " · " + e.bucket + "/" + e.key;
+    block.appendChild(title);
+    const about = document.createElement("p");
+    about.className = "summary";
+    about.textContent = "received " + when(e.received_at) + " on POST /" +
+      (e.source === "default" ? "" : e.source) + " (" + e.dialect + "), event id " + e.event_id +
+      "; duplicates of it: not counted by the log";
+    block.appendChild(about);
+    const table = document.createElement("table");
+    table.className = "trace";
+    const body = document.createElement("tbody");
+    for (const s of e.sinks) {
+      const row = document.createElement("tr");
+      row.dataset.sink = s.sink;
+      row.dataset.state = s.state;
+      cell(row, s.sink, "key");
+      cell(row, s.state, "state " + s.state.replace(/ /g, "-"));
+      cell(row, s.detail, "detail");
+      body.appendChild(row);
+    }
+    table.appendChild(body);
+    block.appendChild(table);
+    box.appendChild(block);
+  }
+  const notes = data.notes.slice();
+  if (data.more) notes.push(data.more + " older event(s) of the object not shown.");
+  for (const note of notes) {
+    const p = document.createElement("p");
+    p.className = "empty trace-note";
+    p.textContent = note;
+    box.appendChild(p);
+  }
+}
+
+async function traceEvent() {
+  const q = $("trace-q").value.trim();
+  if (!q) return;
+  const params = new URLSearchParams({ q });
+  const since = $("trace-since").value.trim();
+  if (since) params.set("since", since);
+  $("trace-go").disabled = true;
+  try {
+    renderTrace(await api("GET", "/admin/api/trace?" + params.toString()));
+    say("");
+  } catch (err) {
+    if (err.message !== "unauthorised") say("Trace failed: " + err.message);
+  } finally {
+    $("trace-go").disabled = false;
+  }
+}
+
 async function refresh() {
   if (!token) return;
   clearTimeout(refreshTimer);
@@ -307,6 +367,7 @@ function disconnect(message) {
   stream = null;
   lastEventId = null;
   recent.length = 0;
+  $("trace-results").replaceChildren();
   $("token-form").hidden = false;
   $("forget").hidden = true;
   $("main").hidden = true;
@@ -325,6 +386,10 @@ document.addEventListener("DOMContentLoaded", () => {
     connect();
   });
   $("forget").addEventListener("click", () => disconnect(""));
+  $("trace-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    traceEvent();
+  });
   const retryAll = button("Retry all", "retry-all", () =>
     api("POST", "/admin/api/dlq/retry", { all: true }));
   retryAll.id = "dlq-retry-all";

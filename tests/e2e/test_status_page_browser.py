@@ -1,6 +1,7 @@
 """The status page in a real headless Chromium against a real relay process: the operator
-enters the admin token, sees a dead letter and its state, presses its Retry button, and the
-event reaches the receiver. A screenshot of the page is kept in test-artifacts/."""
+enters the admin token, sees a dead letter and its state, traces the event's key (where is
+it, per sink), presses the dead letter's Retry button, and the event reaches the receiver. A
+screenshot of the page is kept in test-artifacts/ (docs/status-page.png is a copy of it)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,21 @@ async def test_status_page_retries_a_dead_letter_in_a_real_browser(
     await page.wait_for(f"{rows('quarantine')} === 1")
     await page.wait_for(f"{rows('events')} === 2")  # from the live stream, caught up
     await page.wait_for("document.getElementById('status').textContent.startsWith('connected')")
+
+    # where is my event: the key searched, the sink's state shown per event
+    await page.type("#trace-q", "photos/2024/cat 1.jpg")
+    await page.press_enter()
+    trace_row = "#trace-results .trace-event[data-seq='1'] tr[data-sink='webhook:main']"
+    await page.wait_for(f"{text(trace_row)}.includes('dead-lettered')")
+    traced = await page.evaluate(text(trace_row))
+    assert "HTTP 400" in traced and "no retry under way" in traced, traced
+    assert (
+        await page.evaluate(
+            f"document.querySelector({json.dumps(trace_row + ' td.state')}).className"
+        )
+        == "state dead-lettered"
+    )
+    assert "received " in await page.evaluate(text("#trace-results .trace-event p"))
     shot = await page.screenshot(ARTIFACTS / "status-page.png")
     assert shot.stat().st_size > 10_000
 
@@ -118,5 +134,17 @@ async def test_status_page_retries_a_dead_letter_in_a_real_browser(
         f"{text('#sinks-body td.cursor')} === '3' && {text('#sinks-body td.pending')} === '0'"
     )
     assert await page.evaluate(text("#sinks-body td.parked")) == "0"  # nothing waits
+    # traced again: delivered now; a key the log does not have says so
+    await page.click("#trace-go")
+    await page.wait_for(f"{text(trace_row)}.includes('delivered')")
+    await page.evaluate("document.getElementById('trace-q').value = ''")
+    await page.type("#trace-q", "photos/nowhere.jpg")
+    await page.click("#trace-go")
+    await page.wait_for(
+        f"{text('#trace-results .trace-note')}.startsWith('no event of photos/nowhere.jpg')"
+    )
+    assert (
+        await page.evaluate("document.querySelectorAll('#trace-results .trace-event').length") == 0
+    )
     await page.screenshot(ARTIFACTS / "status-page-after-retry.png")
     assert page.errors == []

@@ -438,6 +438,50 @@ def test_explain_matched_rules_and_sinks():
     assert verdicts[2].sinks == ("kafka:archive",)
 
 
+def test_why_not_to_names_each_rule_of_the_sink_and_its_failing_condition():
+    rules = [
+        Rule("images", suffix=".jpg", sinks=("kafka:archive",)),
+        Rule("big", min_size=4096, sinks=("kafka:archive", "webhook:primary")),
+        Rule("docs", prefix="docs/", sinks=("webhook:primary",)),
+    ]
+    router = Router(rules, SINKS)
+    pdf = ev(key="invoices/2026/03/x.pdf", size=10)
+    assert router.why_not_to("kafka:archive", pdf) == [
+        'rule "images": suffix ".jpg" does not match key "invoices/2026/03/x.pdf"',
+        'rule "big": size 10 is below min_size 4096',
+    ]
+    assert router.why_not_to("webhook:audit", pdf) == ["no rule sends events to webhook:audit"]
+    assert router.why_not_to("kafka:archive", ev(key="a.jpg")) is None
+    assert router.why_not_to("webhook:primary", ev(key="docs/a", size=1)) is None
+    # a sink the router was not told of: the rules that name no sinks
+    assert Router([Rule("all", prefix="x/")], SINKS).why_not_to("redis:new", pdf) == [
+        'rule "all": prefix "x/" does not match key "invoices/2026/03/x.pdf"'
+    ]
+    assert Router([], SINKS).why_not_to("kafka:archive", pdf) is None
+
+
+@settings(max_examples=200)
+@given(
+    rules=st.lists(
+        st.builds(
+            Rule,
+            name=st.sampled_from(["a", "b", "c"]),
+            suffix=st.sampled_from(["", ".jpg"]),
+            min_size=st.sampled_from([None, 5]),
+            sinks=st.lists(st.sampled_from(SINKS), max_size=2).map(tuple),
+        ),
+        max_size=3,
+    ),
+    key=st.sampled_from(["a.jpg", "a.pdf"]),
+    size=st.sampled_from([None, 1, 9]),
+)
+def test_why_not_to_agrees_with_matches(rules, key, size):
+    router = Router(rules, SINKS)
+    event = ev(key=key, size=size)
+    for sink in SINKS:
+        assert (router.why_not_to(sink, event) is None) is router.matches(sink, event)
+
+
 def test_format_verdicts():
     rules = [
         Rule("images", suffix=".jpg", sinks=("webhook:primary",)),
