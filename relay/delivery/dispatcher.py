@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -538,7 +539,8 @@ class Dispatcher:
                 if mode == "drop":
                     dropped.append(entry)
                     continue
-                entry.stale = mode == "flag"
+                if mode == "flag":  # a copy: the entry is every sink's (relay/queue/window.py)
+                    entry = dataclasses.replace(entry, stale=True)
             elif token is not None:
                 ahead[key] = max(token, ahead.get(key, token))
             sent.append(entry)

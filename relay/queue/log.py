@@ -35,6 +35,7 @@ from relay.queue import lifecycle, migrations
 from relay.queue.fsck import LogDamaged
 from relay.queue.queries import Q
 from relay.queue.shared import SHARED_NAME, SharedLog
+from relay.queue.window import Window
 
 if TYPE_CHECKING:
     from relay.queue.admin import (
@@ -265,6 +266,7 @@ class Log:
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: set[asyncio.Event] = set()
+        self._window = Window(self.entries_between) if self.role in ("single", "delivery") else None
         self._wakes: socket.socket | None = None  # the delivery process's wake-up datagrams
         self._sinks: tuple[str, ...] = ()
         self._bounds: dict[str, BacklogBound] = {}  # blocking sinks' bounds
@@ -545,6 +547,10 @@ class Log:
         return await loop.run_in_executor(self._operator_pool, lambda: fn(self.reader()))
 
     def entries_after(self, seq: int, limit: int) -> list[LogEntry]:
+        """A sink's next window; where the sinks are delivered, read through the window
+        every sink shares (relay/queue/window.py)."""
+        if self._window is not None:
+            return self._window.after(seq, limit, self.last_seq)
         rows = self.reader().execute(Q["events_after"], (seq, limit)).fetchall()
         return [entry_from_row(r) for r in rows]
 
@@ -1148,6 +1154,8 @@ class Log:
                 conn.execute(Q["set_pruned_upto"], {"seq": high})
                 conn.execute("COMMIT")
                 self.pruned_upto = max(self.pruned_upto, high)
+                if self._window is not None:
+                    self._window.forget(high)
             except sqlite3.Error:
                 _rollback(conn)
                 raise
