@@ -51,10 +51,10 @@ def require_wrk() -> None:
 
 
 async def run_wrk(url: str, seconds: float, connections: int, script: Path,
-                  cpu: int | None = 0) -> WrkResult:  # fmt: skip
-    """wrk, one thread, `connections` keep-alive connections; pinned to `cpu` if possible.
-    Run as an asyncio subprocess so an in-process receiver keeps serving meanwhile."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+                  cpu: int | None = 0, threads: int = 1) -> WrkResult:  # fmt: skip
+    """wrk, `threads` threads, `connections` keep-alive connections; pinned to `cpu` if
+    possible. Run as an asyncio subprocess so an in-process receiver keeps serving."""
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
             "-s", str(script), url]  # fmt: skip
     if cpu is not None and common.can_pin():
         argv = ["taskset", "-c", str(cpu), *argv]
@@ -84,11 +84,14 @@ def describe(name: str, r: WrkResult) -> str:
 
 
 async def measure_baseline(seconds: float, connections: int, script: Path, pin: bool,
-                           server: str = "bench.baseline_server") -> WrkResult:  # fmt: skip
-    """`server`: the bare aiohttp baseline, or bench.nolog_server (the relay's ingest code
-    with a log that keeps nothing)."""
+                           server: str = "bench.baseline_server", processes: int = 1,
+                           threads: int = 1) -> WrkResult:  # fmt: skip
+    """`server`: the bare aiohttp baseline (in `processes` processes), or
+    bench.nolog_server (the relay's ingest code with a log that keeps nothing)."""
     port = common.free_port()
     argv = [sys.executable, "-m", server, str(port)]
+    if processes > 1:
+        argv.append(str(processes))
     if pin and common.can_pin():
         argv = ["taskset", "-c", "1", *argv]
     proc = await asyncio.create_subprocess_exec(
@@ -99,8 +102,8 @@ async def measure_baseline(seconds: float, connections: int, script: Path, pin: 
     try:
         await _wait_http(url + "/")
         await common.quiet(f"the ingest baseline ({server})")
-        await run_wrk(url, 2, connections, script, 0 if pin else None)  # warm-up
-        return await run_wrk(url, seconds, connections, script, 0 if pin else None)
+        await run_wrk(url, 2, connections, script, 0 if pin else None, threads)  # warm-up
+        return await run_wrk(url, seconds, connections, script, 0 if pin else None, threads)
     finally:
         proc.terminate()
         await proc.wait()
@@ -126,15 +129,15 @@ async def _wait_http(url: str, timeout: float = 30.0) -> None:
 
 async def measure_relay(work: Path, sync: str, seconds: float, connections: int, script: Path,
                         pin: bool, env: dict[str, str] | None = None,
-                        run: int = 0) -> WrkResult:  # fmt: skip
+                        run: int = 0, threads: int = 1) -> WrkResult:  # fmt: skip
     """One relay on a fresh log (`run` keeps repeated runs' logs apart)."""
     relay = Relay(work / f"data-{sync}-{run}", {"RELAY_SYNC": sync, **(env or {})},
                   cpu=1 if pin else None, log=work / f"relay-{sync}-{run}.log")  # fmt: skip
     try:
         await relay.start()
         await common.quiet(f"ingest, RELAY_SYNC={sync}")
-        await run_wrk(relay.url, 2, connections, script, 0 if pin else None)  # warm-up
-        return await run_wrk(relay.url, seconds, connections, script, 0 if pin else None)
+        await run_wrk(relay.url, 2, connections, script, 0 if pin else None, threads)  # warm-up
+        return await run_wrk(relay.url, seconds, connections, script, 0 if pin else None, threads)
     finally:
         await relay.stop()
 

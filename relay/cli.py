@@ -302,7 +302,7 @@ def _db(config: Config) -> Path:
 # -- serve / check ------------------------------------------------------------------------------
 
 
-def _worker(role: str, index: str, listen_fd: str, supervisor: str, run_dir: str) -> int:
+def _worker(role: str, index: str, channel_fd: str, supervisor: str, run_dir: str) -> int:
     from relay import app
     from relay.processes import workers
 
@@ -310,7 +310,7 @@ def _worker(role: str, index: str, listen_fd: str, supervisor: str, run_dir: str
     config = app.load_config(os.environ)
     logs.setup(config.settings.log_format, config.settings.log_level)
     if role == "ingest":
-        work = workers.ingest_worker(config, int(index), int(listen_fd), Path(run_dir))
+        work = workers.ingest_worker(config, int(index), int(channel_fd), Path(run_dir))
     else:
         work = workers.delivery_worker(config, Path(run_dir))
     with _runner() as runner:

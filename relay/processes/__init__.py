@@ -1,12 +1,14 @@
 """The relay's processes (RELAY_WORKERS > 1; with 1, `relay/app.py` runs everything in one).
 
     supervisor (relay serve) ── holds the data directory's lock, checks the log, binds the
-        │                       port, starts the others and starts again any that dies
+        │                       port and accepts, starts the others and starts again any
+        │                       that dies
         ├── delivery worker ─── every sink's dispatcher, the log's upkeep (retention,
         │                       checkpoints), the admin API on a local socket
         ├── ingest worker 1 ─┐
-        ├── …                ├─ accept on the one listening socket: parse, authenticate,
-        └── ingest worker N ─┘  append (2xx after the fsynced commit); /admin is passed on
+        ├── …                ├─ take the connections the supervisor hands them in turn
+        └── ingest worker N ─┘  (handoff.py): parse, authenticate, append (2xx after the
+                                fsynced commit); /admin is passed on
                                 to the delivery worker, /metrics answers for all of them
 
 One process per role keeps the guarantees where they were: ingest answers 2xx only after its

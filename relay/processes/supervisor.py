@@ -21,6 +21,7 @@ from prometheus_client import multiprocess
 
 from relay import app
 from relay.datadir import DataDirLock
+from relay.processes import handoff
 from relay.processes.board import Board
 
 log = logging.getLogger("relay")
@@ -97,11 +98,17 @@ async def supervise(
     base = [sys.executable, "-m", "relay", "_worker"]
     pid = str(os.getpid())
     delivery = Worker("delivery", 0, [*base, "delivery", "0", "-1", pid, run_dir], (lock.fd,), env)
+    channels = [handoff.Channel() for _ in range(settings.workers)]
     ingest = [
-        Worker("ingest", i, [*base, "ingest", str(i), str(listener.fileno()), pid, run_dir],
-               (lock.fd, listener.fileno()), env)
-        for i in range(settings.workers)
+        Worker("ingest", i, [*base, "ingest", str(i), str(c.child.fileno()), pid, run_dir],
+               (lock.fd, c.child.fileno()), env)
+        for i, c in enumerate(channels)
     ]  # fmt: skip
+
+    def alive(i: int) -> bool:
+        proc = ingest[i].proc
+        return proc is not None and proc.returncode is None
+
     stopping = False
     watchers: list[asyncio.Task[None]] = []
 
@@ -130,6 +137,8 @@ async def supervise(
         for worker in ingest:
             await worker.start()
             watchers.append(asyncio.create_task(watch(worker), name=f"watch {worker.name}"))
+        accepting = asyncio.create_task(handoff.accept(listener, channels, alive), name="accept")
+        watchers.append(accepting)
         check = ({"log_check": "background"} if background
                  else {"log_check_seconds": round(open_seconds, 3)})  # fmt: skip
         log.info(
@@ -161,6 +170,8 @@ async def supervise(
         # ingest first: no event is acknowledged once delivery is gone ...
         await asyncio.gather(*(w.stopped(within) for w in ingest))
         listener.close()
+        for channel in channels:
+            channel.close()
         await delivery.stopped(within)  # ... then delivery lets its batches settle
         board.close()
         shutil.rmtree(run_dir, ignore_errors=True)

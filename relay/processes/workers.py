@@ -8,14 +8,13 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from relay import admin_api, app, ingest, metrics, tls
-from relay.processes import proxy
+from relay.processes import handoff, proxy
 from relay.processes.board import Board, BoardGate, View
 
 log = logging.getLogger("relay.worker")
@@ -40,7 +39,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, stop.set)
 
 
-async def ingest_worker(config: app.Config, index: int, listen_fd: int, run_dir: Path) -> None:
+async def ingest_worker(config: app.Config, index: int, channel_fd: int, run_dir: Path) -> None:
     settings = config.settings
     loop = asyncio.get_running_loop()
     event_log = app.open_log(settings, role="ingest")
@@ -53,9 +52,8 @@ async def ingest_worker(config: app.Config, index: int, listen_fd: int, run_dir:
     proxy.mount(web_app, str(run_dir / ADMIN_SOCKET))
     runner = app.web_runner(web_app, settings)
     await runner.setup()
-    listener = socket.socket(fileno=listen_fd)
-    site = web.SockSite(runner, listener, ssl_context=tls.server_context(settings), backlog=1024)
-    await site.start()
+    assert runner.server is not None
+    stop_taking = handoff.receive(channel_fd, runner.server, tls.server_context(settings))
     watcher = asyncio.create_task(tls.watch(), name="tls files")
     stop = asyncio.Event()
     _stop_on_signals(stop)
@@ -65,6 +63,7 @@ async def ingest_worker(config: app.Config, index: int, listen_fd: int, run_dir:
     log.debug("ingest worker ready", extra={"worker": index})
     await stop.wait()
     watcher.cancel()
+    stop_taking()
     await runner.cleanup()  # no new requests; in-flight handlers finish their commit
     await event_log.close()
     board.close()
