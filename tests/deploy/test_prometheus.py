@@ -124,6 +124,11 @@ def relay_env(
         "RUSTFS_NOTIFY_WEBHOOK_BACKOFF_MAX_DOWN": "500ms",
         "RUSTFS_NOTIFY_WEBHOOK_MAX_BACKLOG_DOWN": "2",
         "RUSTFS_NOTIFY_WEBHOOK_ON_FULL_DOWN": "shed",
+        # stuck: the same receiver, paused once it has failed for a second
+        "RUSTFS_NOTIFY_WEBHOOK_ENABLE_STUCK": "on",
+        "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_STUCK": receiver.url,
+        "RUSTFS_NOTIFY_WEBHOOK_BACKOFF_MAX_STUCK": "200ms",
+        "RUSTFS_NOTIFY_WEBHOOK_PAUSE_AFTER_STUCK": "1s",
         # up: a local file; an older event of an object it already has is flagged stale
         "RUSTFS_NOTIFY_FILE_ENABLE_OK": "on",
         "RUSTFS_NOTIFY_FILE_PATH_OK": str(out),
@@ -134,7 +139,7 @@ def relay_env(
         "RUSTFS_NOTIFY_NATS_OBJECTS_BUCKET_AUDIT": audit_bucket,
         "RUSTFS_NOTIFY_NATS_OBJECTS_MAX_OBJECT_AGE_AUDIT": "0",
         "RELAY_RULE_PHOTOS_BUCKETS": "photos",
-        "RELAY_RULE_PHOTOS_SINKS": "webhook:down,file:ok,nats_objects:audit",
+        "RELAY_RULE_PHOTOS_SINKS": "webhook:down,webhook:stuck,file:ok,nats_objects:audit",
         # an audit bucket that gets only events about itself: its self-loop guard leaves
         # them out (and counts them), so it never needs its S3 server
         "RUSTFS_NOTIFY_AUDIT_BUCKET_ENABLE_TRAIL": "on",
@@ -213,17 +218,26 @@ async def check_prometheus(
 
     async def sink_down_fires() -> list[dict[str, Any]]:
         return [a for a in await prom.alerts()
-                if a["labels"]["alertname"] == "RelaySinkDown" and a["state"] == "firing"]  # fmt: skip
+                if a["labels"]["alertname"] == "RelaySinkDown" and a["state"] == "firing"
+                and a["labels"]["sink"] == "webhook:down"]  # fmt: skip
 
     firing = await eventually(sink_down_fires, timeout=60, interval=0.5)
-    assert [a["labels"]["sink"] for a in firing] == ["webhook:down"]
     assert firing[0]["labels"]["severity"] == "warning"
     assert "webhook:down" in firing[0]["annotations"]["summary"]
+    healthy = {"file:ok", "nats_objects:audit", "audit_bucket:trail"}
+    assert {a["labels"]["sink"] for a in await prom.alerts()
+            if a["labels"]["alertname"] == "RelaySinkDown"} & healthy == set()  # fmt: skip
+
+    async def paused_fires() -> list[dict[str, Any]]:
+        return [a["labels"]["sink"] for a in await prom.alerts()
+                if a["labels"]["alertname"] == "RelaySinkPaused" and a["state"] == "firing"]  # fmt: skip
+
+    assert await eventually(paused_fires, timeout=60, interval=0.5) == ["webhook:stuck"]
     others = {a["labels"]["alertname"] for a in await prom.alerts() if a["state"] == "firing"}
     assert "RelayAbsent" not in others and "RelaySinkBacklogOld" not in others
 
     assert await prom.label_values("sink", "relay_sink_up") == [
-        "audit_bucket:trail", "file:ok", "nats_objects:audit", "webhook:down"
+        "audit_bucket:trail", "file:ok", "nats_objects:audit", "webhook:down", "webhook:stuck"
     ]  # fmt: skip
     empty: dict[str, str] = {}
     for title, expr in dashboard_queries():
