@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from relay import ingest, metrics, tail
+from relay import ingest, metrics, series, tail
 from relay.config import ConfigError, Settings
 from relay.delivery.dispatcher import Dispatcher
 from relay.queue import admin, trace
@@ -110,6 +110,11 @@ class Admin:
         self.ingest_filter = ingest.ingest_filter(settings)  # a retried body is ingested again
         self.hub = tail.Hub(event_log)
         self.rates = DeliveryRates(list(dispatchers))
+        self.sampler = series.Sampler(
+            list(dispatchers), lambda: event_log.last_seq, delivered_totals,
+            lambda: {name: d.behind for name, d in dispatchers.items()},
+            settings.admin_sample_interval,
+        )  # fmt: skip
         self.static = {
             name: resources.files("relay").joinpath("static", name).read_bytes()
             for name in STATIC_FILES
@@ -119,6 +124,7 @@ class Admin:
     async def start(self, app: web.Application) -> None:
         self.hub.start()
         self._tasks.append(asyncio.create_task(self.rates.run(), name="admin rates"))
+        self._tasks.append(asyncio.create_task(self.sampler.run(), name="admin series"))
 
     async def shutdown(self, app: web.Application) -> None:
         await self.hub.close()  # open streams end now, not at the shutdown timeout
@@ -187,6 +193,7 @@ def mount(
         ("GET", "/admin/api/sinks", sinks),
         ("POST", "/admin/api/sinks/{name}/pause", pause),
         ("POST", "/admin/api/sinks/{name}/resume", resume),
+        ("GET", "/admin/api/series", sink_series),
         ("GET", "/admin/api/dlq", dlq_list),
         ("POST", "/admin/api/dlq/retry", dlq_retry),
         ("POST", "/admin/api/dlq/purge", dlq_purge),
@@ -366,6 +373,7 @@ async def sinks(request: web.Request) -> web.Response:
             "dead_letters": dead.get(s.sink, 0),
             "delivered_total": int(totals.get(s.sink, 0)),
             "delivery_rate": round(a.rates.rate(s.sink, totals.get(s.sink, 0.0)), 3),
+            "recent_errors": msgspec.to_builtins(d.errors.newest_first()),
         })  # fmt: skip
     body = {
         "sinks": out,
@@ -374,6 +382,12 @@ async def sinks(request: web.Request) -> web.Response:
                 "blocked_by": list(a.log.blocked_by), "quarantined": quarantined},
     }  # fmt: skip
     return _json(body)
+
+
+async def sink_series(request: web.Request) -> web.Response:
+    """The status page's charts: ingest rate, and per sink delivered/s and backlog, sampled
+    every RELAY_ADMIN_SAMPLE_INTERVAL (relay/series.py)."""
+    return _json(msgspec.to_builtins(request.app[ADMIN_KEY].sampler.series()))
 
 
 async def _sink_body(a: Admin, d: Dispatcher) -> dict[str, Any]:
