@@ -386,8 +386,16 @@ async def sinks(request: web.Request) -> web.Response:
 
 async def sink_series(request: web.Request) -> web.Response:
     """The status page's charts: ingest rate, and per sink delivered/s and backlog, sampled
-    every RELAY_ADMIN_SAMPLE_INTERVAL (relay/series.py)."""
-    return _json(msgspec.to_builtins(request.app[ADMIN_KEY].sampler.series()))
+    every RELAY_ADMIN_SAMPLE_INTERVAL (relay/series.py); `?after=<unix seconds>`: only the
+    samples taken since."""
+    after = request.query.get("after")
+    try:
+        since = float(after) if after else None
+    except ValueError:
+        raise _error(
+            400, "after: unix seconds (the `at` of the last sample the page has)"
+        ) from None
+    return _json(msgspec.to_builtins(request.app[ADMIN_KEY].sampler.series(since)))
 
 
 async def _sink_body(a: Admin, d: Dispatcher) -> dict[str, Any]:

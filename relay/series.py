@@ -17,6 +17,7 @@ costs a few additions per sink every interval.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
@@ -109,12 +110,20 @@ class Sampler:
             self._delivered_rate[sink].append(max(0.0, done) / elapsed)
             self._backlog[sink].append(behind.get(sink, 0))
 
-    def series(self) -> Series:
+    def series(self, after: float | None = None) -> Series:
+        """Every sample kept, or only those taken after `after` (unix seconds): a page that
+        has the hour asks for what is new, one sample per interval."""
+        at = self._at.values()
+        skip = bisect.bisect_right(at, after) if after is not None else 0
+
+        def newer(ring: Ring) -> list[float]:
+            return ring.values()[skip:]
+
         return Series(
-            interval=self.interval, points=self.points, at=self._at.values(),
-            ingest_rate=[round(v, 3) for v in self._ingest.values()],
-            sinks=[SinkSeries(s, [round(v, 3) for v in self._delivered_rate[s].values()],
-                              [int(v) for v in self._backlog[s].values()])
+            interval=self.interval, points=self.points, at=at[skip:],
+            ingest_rate=[round(v, 3) for v in newer(self._ingest)],
+            sinks=[SinkSeries(s, [round(v, 3) for v in newer(self._delivered_rate[s])],
+                              [int(v) for v in newer(self._backlog[s])])
                    for s in self._sinks],
         )  # fmt: skip
 

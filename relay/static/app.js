@@ -320,12 +320,29 @@ function renderSeries(data, force) {
   $("charts-note").textContent = "(sampled by the relay every " + every + ")";
 }
 
+// The samples the page has, with those taken since appended and the oldest dropped past
+// the rings' size: after the first answer a poll carries one sample per interval.
+function merged(have, fresh) {
+  const same = have && have.interval === fresh.interval && have.points === fresh.points &&
+    have.sinks.map((s) => s.sink).join("\n") === fresh.sinks.map((s) => s.sink).join("\n");
+  if (!same) return fresh;
+  const keep = (old, add) => old.concat(add).slice(-fresh.points);
+  return {
+    interval: fresh.interval, points: fresh.points, at: keep(have.at, fresh.at),
+    ingest_rate: keep(have.ingest_rate, fresh.ingest_rate),
+    sinks: fresh.sinks.map((s, i) => ({ sink: s.sink,
+      delivered_rate: keep(have.sinks[i].delivered_rate, s.delivered_rate),
+      backlog: keep(have.sinks[i].backlog, s.backlog) })),
+  };
+}
+
 async function refreshSeries() {
   if (!token) return;
   clearTimeout(seriesTimer);
   let delay = SERIES_MAX_MS;
   try {
-    series = await api("GET", "/admin/api/series");
+    const after = series && series.at.length ? "?after=" + series.at[series.at.length - 1] : "";
+    series = merged(series, await api("GET", "/admin/api/series" + after));
     renderSeries(series, false);
     delay = Math.min(SERIES_MAX_MS, Math.max(SERIES_MIN_MS, series.interval * 1000));
   } catch (err) {

@@ -428,6 +428,12 @@ async def test_series_sample_ingest_deliveries_and_backlog_and_sinks_keep_recent
     assert all(len(x) == n for x in (body["ingest_rate"], *(
         v for s in body["sinks"] for v in (s["delivered_rate"], s["backlog"]))))  # fmt: skip
     assert max(body["sinks"][1]["delivered_rate"]) == 0  # nothing went through to b
+    last = body["at"][-1]
+    _, newer = await call(relay, "GET", "/admin/api/series", params={"after": repr(last)})
+    assert all(t > last for t in newer["at"]) and len(newer["at"]) < n
+    assert len(newer["sinks"][0]["backlog"]) == len(newer["at"])
+    status, refused = await call(relay, "GET", "/admin/api/series", params={"after": "soon"})
+    assert status == 400 and "unix seconds" in refused["error"]
 
     # webhook:b's row carries its recent errors, newest first; webhook:a's has none
     async def failed() -> list[dict[str, Any]]:

@@ -129,6 +129,7 @@ async def test_status_page_retries_a_dead_letter_in_a_real_browser(
     assert sorted(await page.evaluate(legend)) == ["webhook:archive", "webhook:main"]
     before = await page.evaluate(f"Number({ingest}.points)")
     await page.wait_for(f"Number({ingest}.points) > {before}")  # new samples keep coming
+    assert any("/admin/api/series?after=" in url for url in page.requested)  # only new ones
 
     # the sink's row opens on its recent errors: the refused event, dead-lettered
     await page.click(MAIN_ROW + " button.errors")

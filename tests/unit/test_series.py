@@ -57,6 +57,11 @@ def test_rates_are_the_change_over_the_interval_and_the_backlog_as_sampled() -> 
     a, b = got.sinks
     assert (a.sink, a.delivered_rate, a.backlog) == ("webhook:a", [3.0, 20.0], [20, 20])
     assert (b.sink, b.delivered_rate, b.backlog) == ("kafka:b", [0.0, 10.0], [50, 150])
+    # only what is newer than the page has
+    newer = s.series(after=1e9 + 1010.0)
+    assert newer.at == [1e9 + 1020.0] and newer.ingest_rate == [20.0]
+    assert [(x.delivered_rate, x.backlog) for x in newer.sinks] == [([20.0], [20]), ([10.0], [150])]
+    assert s.series(after=1e9 + 1020.0).at == [] and s.series(after=0).at == got.at
     # the answer of GET /admin/api/series, through JSON and back
     again = msgspec.json.decode(msgspec.json.encode(got), type=Series)
     assert again == got and again.interval == 10.0 and again.points == 360
