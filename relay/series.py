@@ -10,8 +10,10 @@ A delivery process started again starts its charts empty.
 
 Memory is bounded: a sample is 8 bytes (an `array('d')` slot), a series POINTS of them
 (2.9 KB), and there are 2 + 2 x sinks series (the times, the ingest rate, then per sink its
-rate and backlog): 29 KB for 4 sinks, 580 KB for 100, whatever the relay's uptime. Sampling
-costs a few additions per sink every interval.
+rate and backlog), whatever the relay's uptime: 48 KiB for 4 sinks, 682 KiB for 100, with
+the sampler's own dicts (bench/charts.py). A sample takes 15 µs with 4 sinks, 230 µs with
+100, once an interval; the hour as JSON (22 KiB with 4 sinks) is built only for a page's
+first request, every later poll asks for the samples since its last (~340 bytes).
 """
 
 from __future__ import annotations
