@@ -389,7 +389,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raw = env.get(variable)
         values[option.key] = option.default if raw is None else option.convert(raw, variable)
     values["workers"] = _workers(values["workers"])
-    if values["admin_sample_interval"] < 0.1:  # a charts' sample is no busier than this
+    if values["admin_sample_interval"] < 0.1:  # 0 would sample in a busy loop
         raise ConfigError("RELAY_ADMIN_SAMPLE_INTERVAL: at least 100ms")
     listen = values.pop("listen")
     host, sep, port = listen.rpartition(":")
