@@ -198,6 +198,7 @@ def write_results(t: Table, p: Profile, seconds: float, command: str) -> None:
         "| `python -m bench.policy [--events 5000] [--rate 200] [--schedule 1s,2s,4s,8s]` | RATE_LIMIT and RETRY_SCHEDULE as kept, at a receiver | ~1 min |",
         "| `python -m bench.routing [--events 100000] [--repeat 7]` | Router.matches, ns per call (3 rules, 3 sinks) | ~10 s |",
         "| `python -m bench.workers [--workers N] [--seconds 10] [--rate 5000] [--parts ingest,steady]` | RELAY_WORKERS=1 against N: durable ingest vs bare aiohttp in 1 and N processes; a steady rate with a webhook sink (backlog, ack p99) | ~3 min |",
+        "| `python -m bench.charts [--sinks 4,100] [--repeat 7]` | the status page's samples: time per sample, memory, JSON answers | ~5 s |",
         "| `python -m bench.pyspy_top PROFILE` | top frames of a `py-spy record -f raw` profile of the relay | |",
         "",
         "Options of bench.run: `--only ingest,latency,drain,scale,growth`, `--no-pin`, "

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from relay import ingest, metrics, tail
+from relay import ingest, metrics, series, tail
 from relay.config import ConfigError, Settings
 from relay.delivery.dispatcher import Dispatcher
 from relay.queue import admin, trace
@@ -110,6 +110,11 @@ class Admin:
         self.ingest_filter = ingest.ingest_filter(settings)  # a retried body is ingested again
         self.hub = tail.Hub(event_log)
         self.rates = DeliveryRates(list(dispatchers))
+        self.sampler = series.Sampler(
+            list(dispatchers), lambda: event_log.last_seq, delivered_totals,
+            lambda: {name: d.behind for name, d in dispatchers.items()},
+            settings.admin_sample_interval,
+        )  # fmt: skip
         self.static = {
             name: resources.files("relay").joinpath("static", name).read_bytes()
             for name in STATIC_FILES
@@ -119,6 +124,7 @@ class Admin:
     async def start(self, app: web.Application) -> None:
         self.hub.start()
         self._tasks.append(asyncio.create_task(self.rates.run(), name="admin rates"))
+        self._tasks.append(asyncio.create_task(self.sampler.run(), name="admin series"))
 
     async def shutdown(self, app: web.Application) -> None:
         await self.hub.close()  # open streams end now, not at the shutdown timeout
@@ -187,6 +193,7 @@ def mount(
         ("GET", "/admin/api/sinks", sinks),
         ("POST", "/admin/api/sinks/{name}/pause", pause),
         ("POST", "/admin/api/sinks/{name}/resume", resume),
+        ("GET", "/admin/api/series", sink_series),
         ("GET", "/admin/api/dlq", dlq_list),
         ("POST", "/admin/api/dlq/retry", dlq_retry),
         ("POST", "/admin/api/dlq/purge", dlq_purge),
@@ -206,10 +213,13 @@ def mount(
 # -- plumbing -----------------------------------------------------------------------------------
 
 
+API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=json.dumps(body).encode(), content_type="application/json",
-        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        headers=API_HEADERS,
     )  # fmt: skip
 
 
@@ -366,6 +376,7 @@ async def sinks(request: web.Request) -> web.Response:
             "dead_letters": dead.get(s.sink, 0),
             "delivered_total": int(totals.get(s.sink, 0)),
             "delivery_rate": round(a.rates.rate(s.sink, totals.get(s.sink, 0.0)), 3),
+            "recent_errors": msgspec.to_builtins(d.errors.newest_first()),
         })  # fmt: skip
     body = {
         "sinks": out,
@@ -374,6 +385,21 @@ async def sinks(request: web.Request) -> web.Response:
                 "blocked_by": list(a.log.blocked_by), "quarantined": quarantined},
     }  # fmt: skip
     return _json(body)
+
+
+async def sink_series(request: web.Request) -> web.Response:
+    """The status page's charts: ingest rate, and per sink delivered/s and backlog, sampled
+    every RELAY_ADMIN_SAMPLE_INTERVAL (relay/series.py); `?after=<unix seconds>`: only the
+    samples taken since."""
+    after = request.query.get("after")
+    try:
+        since = float(after) if after else None
+    except ValueError:
+        raise _error(
+            400, "after: unix seconds (the `at` of the last sample the page has)"
+        ) from None
+    body = msgspec.json.encode(request.app[ADMIN_KEY].sampler.series(since))
+    return web.Response(body=body, content_type="application/json", headers=API_HEADERS)
 
 
 async def _sink_body(a: Admin, d: Dispatcher) -> dict[str, Any]:

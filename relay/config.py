@@ -231,6 +231,14 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         secret=True,
     ),
     Option(
+        "admin_sample_interval",
+        "duration",
+        10.0,
+        "How often the relay samples itself for the status page's charts (ingest rate, and "
+        "per sink delivered/s and backlog). Each series keeps 360 samples: the last hour at "
+        "10s.",
+    ),
+    Option(
         "tls_cert",
         "str",
         "",
@@ -356,6 +364,7 @@ class Settings:
     ingest_signing_secrets: tuple[str, ...]
     ingest_events: tuple[str, ...]
     admin_tokens: tuple[str, ...]
+    admin_sample_interval: float
     trusted_networks: tuple[Any, ...]
     max_body: int
     request_timeout: float
@@ -380,6 +389,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raw = env.get(variable)
         values[option.key] = option.default if raw is None else option.convert(raw, variable)
     values["workers"] = _workers(values["workers"])
+    if values["admin_sample_interval"] < 0.1:  # 0 would sample in a busy loop
+        raise ConfigError("RELAY_ADMIN_SAMPLE_INTERVAL: at least 100ms")
     listen = values.pop("listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():

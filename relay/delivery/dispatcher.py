@@ -29,6 +29,7 @@ from relay.delivery import missed as missed_events
 from relay.delivery.parked import Parked
 from relay.delivery.plan import Limits, Outcome, Round, backoff, plan, unfinished
 from relay.delivery.ratelimit import TokenBucket
+from relay.delivery.recent import RecentErrors
 from relay.delivery.stale import WINDOW, Newest, is_stale
 from relay.events import lane, order_token
 from relay.queue.backend import LogBackend
@@ -161,6 +162,7 @@ class Dispatcher:
         self._running.set()
         self.paused_reason: str | None = None
         self.failing_since: float | None = None  # the first failure since the last delivery
+        self.errors = RecentErrors()  # the status page's view of what went wrong lately
         self._state_loaded = False
         self._bucket = TokenBucket(policy.rate_limit, policy.burst) if policy.rate_limit else None
         # The commit of the last batch's cursor advance, made while the next batch is read
@@ -175,6 +177,12 @@ class Dispatcher:
         self._stop.set()
         if self._wake is not None:
             self._wake.set()  # a partial batch waiting for company (batch_wait) goes now
+
+    @property
+    def behind(self) -> int:
+        """Events past the cursor, before rules (`pending` less queued redeliveries): the
+        backlog the status page charts, from memory."""
+        return max(0, self.log.last_seq - self.cursor) if self._loaded else 0
 
     @property
     def paused(self) -> bool:
@@ -503,6 +511,8 @@ class Dispatcher:
         (result,) = await self._deliver([missed_events.entry(self.name, marker)], 1)
         if isinstance(result, Retryable):
             self._marker_failures += 1
+            self.errors.add("marker not sent", self.redact(exc_text(result)),
+                            attempts=self._marker_failures)  # fmt: skip
             self._mark_down(exc_text(result))
             await self._failing(exc_text(result))
             await self._sleep(backoff(self._marker_failures, self.policy.backoff_max) + 0.05)
@@ -565,6 +575,7 @@ class Dispatcher:
             except Exception as exc:  # start failures of any kind: keep probing
                 attempts += 1
                 self._mark_down(f"cannot start: {describe(exc)}")
+                self.errors.add("not started", self.redact(describe(exc)), attempts=attempts)
                 if self._state_loaded:
                     with contextlib.suppress(Exception):  # the log failing: the round says
                         await self._failing(f"cannot start: {describe(exc)}")
@@ -665,6 +676,8 @@ class Dispatcher:
         if outcome.resends:
             metrics.RESENDS.labels(self.name).inc(outcome.resends)
         for entry, attempts, error in outcome.dead:
+            self.errors.add("dead-lettered", self.redact(error), entry.seq,
+                            entry.event.bucket, entry.event.key, attempts)  # fmt: skip
             log.warning(
                 "event dead-lettered",
                 extra={"sink": self.name, "seq": entry.seq, "attempts": attempts,
@@ -675,6 +688,8 @@ class Dispatcher:
         elif outcome.held_at is not None:  # nothing went through: the target is down
             self._mark_down(outcome.failing[-1][3])
         for entry, attempts, _, error in outcome.failing:
+            self.errors.add("retrying", self.redact(error), entry.seq, entry.event.bucket,
+                            entry.event.key, attempts)  # fmt: skip
             if entry is not outcome.held_at and lane(entry.event) not in self.parked:
                 log.warning(
                     "object parked: its events wait while the sink's others go on",

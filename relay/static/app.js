@@ -6,12 +6,26 @@
 const TOKEN_KEY = "relay-admin-token";
 const REFRESH_MS = 2000;
 const RECENT_EVENTS = 50;
+// The charts' samples are taken by the relay every RELAY_ADMIN_SAMPLE_INTERVAL (10 s by
+// default); the page asks for them at that pace, at least every 5 s and at most every second,
+// and redraws only when a new sample has come: a few polylines' `points` set again.
+const SERIES_MIN_MS = 1000;
+const SERIES_MAX_MS = 5000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const CHART_HEIGHT = 90;
+const PALETTE = 8; // sink colours: .s0 … .s7 in style.css
 
 let token = sessionStorage.getItem(TOKEN_KEY) || "";
 let refreshTimer = null;
 let stream = null; // AbortController of the live tail
 let lastEventId = null;
 const recent = [];
+let seriesTimer = null;
+let series = null; // the last GET /admin/api/series
+let drawn = ""; // which samples the charts show
+let lastSinks = null; // the last GET /admin/api/sinks, redrawn when a row opens
+const openSinks = new Set(); // sinks whose recent errors are shown
+const charts = {};
 
 const $ = (id) => document.getElementById(id);
 
@@ -95,6 +109,7 @@ function setStatus(text, cls) {
 // -- sections ----------------------------------------------------------------------------------
 
 function renderSinks(data) {
+  lastSinks = data;
   const body = $("sinks-body");
   body.replaceChildren();
   for (const s of data.sinks) {
@@ -111,6 +126,20 @@ function renderSinks(data) {
     cell(row, s.dead_letters, "num");
     cell(row, s.parked, "num parked");
     cell(row, s.cursor, "num cursor");
+    const errors = s.recent_errors || [];
+    const open = openSinks.has(s.name);
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "errors" + (errors.length ? " some" : "");
+    toggle.textContent = (open ? "▾ " : "▸ ") + errors.length;
+    toggle.title = open ? "Hide recent errors" : "Show recent errors";
+    toggle.setAttribute("aria-expanded", String(open));
+    toggle.addEventListener("click", () => {
+      if (openSinks.has(s.name)) openSinks.delete(s.name);
+      else openSinks.add(s.name);
+      renderSinks(lastSinks);
+    });
+    cell(row, "", "errors").appendChild(toggle);
     const action = document.createElement("td");
     const path = "/admin/api/sinks/" + encodeURIComponent(s.name);
     action.appendChild(s.paused
@@ -118,6 +147,7 @@ function renderSinks(data) {
       : button("Pause", "pause", () => api("POST", path + "/pause")));
     row.appendChild(action);
     body.appendChild(row);
+    if (open) body.appendChild(sinkErrors(s.name, errors));
   }
   const log = data.log;
   $("log-summary").textContent =
@@ -127,6 +157,198 @@ function renderSinks(data) {
     (log.quarantined ? ", " + log.quarantined + " quarantined" : "") +
     (data.orphaned && data.orphaned.length
       ? "; no longer configured: " + data.orphaned.map((o) => o.sink).join(", ") : "");
+}
+
+// A sink's row opened: its recent delivery errors, newest first (kept in memory by the
+// relay, a few per sink; secrets already taken out).
+function sinkErrors(name, errors) {
+  const row = document.createElement("tr");
+  row.className = "sink-errors";
+  row.dataset.sink = name;
+  const td = document.createElement("td");
+  td.colSpan = 10;
+  row.appendChild(td);
+  if (!errors.length) {
+    const p = document.createElement("p");
+    p.className = "empty";
+    p.textContent = "No delivery errors since the relay's delivery process started.";
+    td.appendChild(p);
+    return row;
+  }
+  const table = document.createElement("table");
+  table.className = "errors";
+  const head = document.createElement("tr");
+  for (const label of ["when", "what", "seq", "object", "attempts", "error"]) {
+    const th = document.createElement("th");
+    th.textContent = label;
+    head.appendChild(th);
+  }
+  const body = document.createElement("tbody");
+  body.appendChild(head);
+  for (const e of errors) {
+    const r = document.createElement("tr");
+    cell(r, when(e.at));
+    cell(r, e.outcome, "state " + e.outcome.replace(/ /g, "-"));
+    cell(r, e.seq, "num");
+    cell(r, e.bucket === null ? "" : e.bucket + "/" + e.key, "key");
+    cell(r, e.attempts, "num");
+    cell(r, e.error, "error");
+    body.appendChild(r);
+  }
+  table.appendChild(body);
+  td.appendChild(table);
+  return row;
+}
+
+// -- charts: inline SVG, one polyline per series ---------------------------------------------
+
+function svg(name, attrs) {
+  const el = document.createElementNS(SVG_NS, name);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  return el;
+}
+
+function chart(id) {
+  if (charts[id]) return charts[id];
+  const figure = $(id);
+  const top = document.createElement("div");
+  top.className = "scale";
+  const plot = svg("svg", { height: CHART_HEIGHT, role: "img" });
+  const grid = svg("g", { class: "grid" });
+  plot.appendChild(grid);
+  const times = document.createElement("div");
+  times.className = "times";
+  const ago = document.createElement("span");
+  const now = document.createElement("span");
+  now.textContent = "now";
+  times.append(ago, now);
+  figure.append(top, plot, times);
+  charts[id] = { figure, plot, grid, top, ago, lines: new Map() };
+  return charts[id];
+}
+
+function niceCeil(value) {
+  if (!(value > 0)) return 1;
+  const step = Math.pow(10, Math.floor(Math.log10(value)));
+  for (const m of [1, 2, 5, 10]) if (m * step >= value) return m * step;
+  return 10 * step;
+}
+
+function count(value) {
+  if (value >= 1e6) return (value / 1e6).toFixed(1) + " M";
+  if (value >= 1e4) return (value / 1e3).toFixed(0) + " k";
+  return value >= 100 || Number.isInteger(value) ? value.toFixed(0) : value.toFixed(1);
+}
+
+// `lines`: [{name, cls, values}], each value at the time of the same index in `at`. The x
+// axis ends at the last sample and spans the samples there are: the rings' whole hour once
+// they are full, less while the relay has not been up that long (at least 10 samples' worth).
+function drawChart(id, data, lines, unit) {
+  const c = chart(id);
+  const width = Math.max(120, Math.round(c.plot.getBoundingClientRect().width) || 360);
+  c.plot.setAttribute("viewBox", "0 0 " + width + " " + CHART_HEIGHT);
+  const at = data.at;
+  const end = at.length ? at[at.length - 1] : 0;
+  const span = Math.min(data.points * data.interval,
+    Math.max(10 * data.interval, at.length ? end - at[0] : 0));
+  const total = at.map((_, i) => lines.reduce((sum, l) => sum + l.values[i], 0));
+  const peak = total.reduce((a, b) => Math.max(a, b), 0);
+  const highest = lines.reduce((a, l) => l.values.reduce((m, v) => Math.max(m, v), a), 0);
+  const top = niceCeil(highest);
+  const x = (t) => (width * (t - (end - span)) / span).toFixed(1);
+  const y = (v) => (CHART_HEIGHT - 1 - (CHART_HEIGHT - 4) * v / top).toFixed(1);
+  c.grid.replaceChildren(
+    svg("line", { x1: 0, x2: width, y1: CHART_HEIGHT - 0.5, y2: CHART_HEIGHT - 0.5, class: "axis" }),
+    svg("line", { x1: 0, x2: width, y1: 3.5, y2: 3.5 }),
+    svg("line", { x1: 0, x2: width, y1: CHART_HEIGHT / 2, y2: CHART_HEIGHT / 2 }));
+  const keep = new Set();
+  for (const line of lines) {
+    let drawnLine = c.lines.get(line.name);
+    if (!drawnLine) {
+      drawnLine = { path: svg("polyline", { class: "line " + line.cls }),
+        dot: svg("circle", { r: 2.5, class: "dot " + line.cls }) };
+      drawnLine.path.dataset.series = line.name;
+      c.plot.append(drawnLine.path, drawnLine.dot);
+      c.lines.set(line.name, drawnLine);
+    }
+    const points = new Array(line.values.length);
+    for (let i = 0; i < line.values.length; i++) points[i] = x(at[i]) + "," + y(line.values[i]);
+    drawnLine.path.setAttribute("points", points.join(" "));
+    const last = line.values.length - 1;
+    drawnLine.dot.setAttribute("cx", last >= 0 ? x(at[last]) : -10);
+    drawnLine.dot.setAttribute("cy", last >= 0 ? y(line.values[last]) : -10);
+    keep.add(line.name);
+  }
+  for (const [name, old] of c.lines) {
+    if (!keep.has(name)) {
+      old.path.remove();
+      old.dot.remove();
+      c.lines.delete(name);
+    }
+  }
+  const latest = total.length ? total[total.length - 1] : 0;
+  c.top.textContent = count(top) + unit;
+  c.ago.textContent = span >= 120 ? "−" + Math.round(span / 60) + " min" : "−" + span.toFixed(0) + " s";
+  c.figure.dataset.points = String(at.length);
+  c.figure.dataset.latest = String(latest);
+  c.figure.dataset.peak = String(peak);
+  c.figure.querySelector(".latest").textContent = at.length
+    ? "now " + count(latest) + ", highest " + count(peak) : "waiting for the first sample…";
+}
+
+function renderSeries(data, force) {
+  const key = data.at.length + ":" + (data.at.length ? data.at[data.at.length - 1] : "");
+  if (!force && key === drawn) return; // no new sample: nothing to redraw
+  drawn = key;
+  const colour = (i) => "s" + (i % PALETTE);
+  drawChart("chart-ingest", data, [{ name: "ingest", cls: "ingest", values: data.ingest_rate }], "/s");
+  drawChart("chart-delivered", data, data.sinks.map((s, i) =>
+    ({ name: s.sink, cls: colour(i), values: s.delivered_rate })), "/s");
+  drawChart("chart-backlog", data, data.sinks.map((s, i) =>
+    ({ name: s.sink, cls: colour(i), values: s.backlog })), "");
+  const legend = $("chart-legend");
+  legend.replaceChildren();
+  data.sinks.forEach((s, i) => {
+    const item = document.createElement("span");
+    item.className = "item";
+    const swatch = document.createElement("span");
+    swatch.className = "swatch " + colour(i);
+    item.append(swatch, document.createTextNode(s.sink));
+    legend.appendChild(item);
+  });
+  const every = data.interval >= 1 ? data.interval.toFixed(0) + " s" : data.interval * 1000 + " ms";
+  $("charts-note").textContent = "(sampled by the relay every " + every + ")";
+}
+
+// The samples the page has, with those taken since appended and the oldest dropped past
+// the rings' size: after the first answer a poll carries one sample per interval.
+function merged(have, fresh) {
+  const same = have && have.interval === fresh.interval && have.points === fresh.points &&
+    have.sinks.map((s) => s.sink).join("\n") === fresh.sinks.map((s) => s.sink).join("\n");
+  if (!same) return fresh;
+  const keep = (old, add) => old.concat(add).slice(-fresh.points);
+  return {
+    interval: fresh.interval, points: fresh.points, at: keep(have.at, fresh.at),
+    ingest_rate: keep(have.ingest_rate, fresh.ingest_rate),
+    sinks: fresh.sinks.map((s, i) => ({ sink: s.sink,
+      delivered_rate: keep(have.sinks[i].delivered_rate, s.delivered_rate),
+      backlog: keep(have.sinks[i].backlog, s.backlog) })),
+  };
+}
+
+async function refreshSeries() {
+  if (!token) return;
+  clearTimeout(seriesTimer);
+  let delay = SERIES_MAX_MS;
+  try {
+    const after = series && series.at.length ? "?after=" + series.at[series.at.length - 1] : "";
+    series = merged(series, await api("GET", "/admin/api/series" + after));
+    renderSeries(series, false);
+    delay = Math.min(SERIES_MAX_MS, Math.max(SERIES_MIN_MS, series.interval * 1000));
+  } catch (err) {
+    if (err.message === "unauthorised") return;
+  }
+  if (token) seriesTimer = setTimeout(refreshSeries, delay);
 }
 
 function renderDeadLetters(data) {
@@ -356,6 +578,7 @@ function connect() {
   setStatus("connecting…");
   say("");
   refresh();
+  refreshSeries();
   follow();
 }
 
@@ -363,6 +586,10 @@ function disconnect(message) {
   token = "";
   sessionStorage.removeItem(TOKEN_KEY);
   clearTimeout(refreshTimer);
+  clearTimeout(seriesTimer);
+  series = null;
+  drawn = "";
+  openSinks.clear();
   if (stream) stream.abort();
   stream = null;
   lastEventId = null;
@@ -395,5 +622,10 @@ document.addEventListener("DOMContentLoaded", () => {
   retryAll.id = "dlq-retry-all";
   $("dlq-retry-all").replaceWith(retryAll);
   renderEvents();
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => series && renderSeries(series, true), 200);
+  });
   if (token) connect();
 });

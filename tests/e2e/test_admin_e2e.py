@@ -389,6 +389,64 @@ async def test_pause_stops_deliveries_and_resume_restarts_them(
     assert (await call(relay, "POST", "/admin/api/sinks/webhook:a/pause", token=TOKEN))[0] == 401
 
 
+# -- the status page's charts and a sink's recent errors ---------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_series_sample_ingest_deliveries_and_backlog_and_sinks_keep_recent_errors(
+    workers: str,
+    receiver: Receiver,
+    other_receiver: Receiver,
+    relay_factory: Callable[..., RelayProcess],
+) -> None:
+    """Sampled where /admin/ is served (the delivery process with 2 workers, the relay with
+    1): events appended by ingest (another process with 2) count in the ingest rate."""
+    other_receiver.status = 503  # webhook:b fails: its backlog stays, its errors are kept
+    relay = await relay_factory(
+        env(webhook("A", receiver), webhook("B", other_receiver),
+            RELAY_WORKERS=workers, RELAY_ADMIN_SAMPLE_INTERVAL="200ms")
+    ).start()  # fmt: skip
+    assert len(relay.workers()) == (0 if workers == "1" else 3)  # 2 ingest, 1 delivery
+    status, empty = await call(relay, "GET", "/admin/api/series")
+    assert status == 200 and empty["interval"] == 0.2 and empty["points"] == 360
+    assert [s["sink"] for s in empty["sinks"]] == ["webhook:a", "webhook:b"]
+    assert (await call(relay, "GET", "/admin/api/series", token=TOKEN))[0] == 401
+
+    assert await ingest(relay, [minio_body("p", f"k{n}", n) for n in range(20)]) == [200] * 20
+    await receiver.wait_for(20)
+
+    async def charted() -> dict[str, Any] | None:
+        _, body = await call(relay, "GET", "/admin/api/series")
+        a, b = body["sinks"]
+        done = (max(body["ingest_rate"], default=0) > 0 and max(a["delivered_rate"]) > 0
+                and b["backlog"] and b["backlog"][-1] == 20)  # fmt: skip
+        return body if done else None
+
+    body = await eventually(charted)
+    n = len(body["at"])
+    assert n <= 360 and body["at"] == sorted(body["at"])
+    assert all(len(x) == n for x in (body["ingest_rate"], *(
+        v for s in body["sinks"] for v in (s["delivered_rate"], s["backlog"]))))  # fmt: skip
+    assert max(body["sinks"][1]["delivered_rate"]) == 0  # nothing went through to b
+    last = body["at"][-1]
+    _, newer = await call(relay, "GET", "/admin/api/series", params={"after": repr(last)})
+    assert all(t > last for t in newer["at"]) and len(newer["at"]) < n
+    assert len(newer["sinks"][0]["backlog"]) == len(newer["at"])
+    status, refused = await call(relay, "GET", "/admin/api/series", params={"after": "soon"})
+    assert status == 400 and "unix seconds" in refused["error"]
+
+    # webhook:b's row carries its recent errors, newest first; webhook:a's has none
+    async def failed() -> list[dict[str, Any]]:
+        return list((await sink_view(relay, "webhook:b"))["recent_errors"])
+
+    errors = await eventually(failed)
+    first = errors[0]
+    assert first["outcome"] == "retrying" and "HTTP 503" in first["error"], first
+    assert first["seq"] == 1 and (first["bucket"], first["key"]) == ("p", "k0")
+    assert first["attempts"] >= 1 and first["at"] > 0
+    assert (await sink_view(relay, "webhook:a"))["recent_errors"] == []
+
+
 # -- the live tail --------------------------------------------------------------------------------
 
 

@@ -58,7 +58,14 @@ async def test_no_secret_in_any_output(
         async with session.get(relay.url + "/readyz") as r:
             outputs.append(await r.text())
         admin = {"Authorization": f"Bearer {SECRETS['admin']}"}
-        for path in ("/admin/api/sinks", "/admin/api/dlq", "/admin/api/quarantine/1", "/admin/"):
+
+        async def every_sink_has_recent_errors() -> bool:
+            async with session.get(relay.url + "/admin/api/sinks", headers=admin) as r:
+                return all(s["recent_errors"] for s in (await r.json())["sinks"])
+
+        await eventually(every_sink_has_recent_errors)  # the status page's rows of errors
+        for path in ("/admin/api/sinks", "/admin/api/dlq", "/admin/api/quarantine/1", "/admin/",
+                     "/admin/api/series"):  # fmt: skip
             async with session.get(relay.url + path, headers=admin) as r:
                 assert r.status == 200, path
                 outputs.append(await r.text())

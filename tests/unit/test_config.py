@@ -46,6 +46,7 @@ def test_defaults() -> None:
     assert (s.listen_host, s.listen_port) == ("0.0.0.0", 8080)
     assert s.sync == "full" and s.retention == 86400 and s.max_body == 1024 * 1024
     assert s.data_dir == "./relay-data"
+    assert s.admin_sample_interval == 10.0
 
 
 def test_bad_setting_names_the_variable() -> None:
@@ -57,6 +58,9 @@ def test_bad_setting_names_the_variable() -> None:
         load_settings({"RELAY_LISTEN": "8080"})
     with pytest.raises(ConfigError, match=r"^RELAY_TRUSTED_NETWORKS: 'tenpointo' is not a network"):
         load_settings({"RELAY_TRUSTED_NETWORKS": "10.0.0.0/8, tenpointo"})
+    with pytest.raises(ConfigError, match=r"^RELAY_ADMIN_SAMPLE_INTERVAL: at least 100ms"):
+        load_settings({"RELAY_ADMIN_SAMPLE_INTERVAL": "0"})
+    assert load_settings({"RELAY_ADMIN_SAMPLE_INTERVAL": "1m"}).admin_sample_interval == 60.0
 
 
 def test_rustfs_sink_ids_are_lower_cased_and_defaults_apply_to_every_instance() -> None:

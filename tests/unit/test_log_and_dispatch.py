@@ -238,6 +238,33 @@ async def test_a_start_error_is_logged_redacted(log: Log, caplog: pytest.LogCapt
     assert "pa55-word" not in line.error  # type: ignore[attr-defined]
 
 
+async def test_recent_errors_say_what_failed_redacted_newest_first(log: Log) -> None:
+    """What a sink's row on the status page opens: start failures, retries, dead letters."""
+    sink = ScriptedSink()
+    sink.start_error = Retryable("cannot connect to amqp://relay:pa55-word@broker:5672/")
+    sink.verdict = lambda e: (Permanent("refused with pa55-word") if e.key == "poison"
+                              else Retryable("busy") if e.key == "slow" else None)  # fmt: skip
+    log.set_sinks([sink.name])
+    await log.init_cursors([sink.name])
+    d = Dispatcher(sink, log, Router([], [sink.name]), Policy(backoff_max=0.05),
+                   Redactor(["pa55-word"]))  # fmt: skip
+    task = asyncio.create_task(d.run())
+    await eventually(lambda: d.errors.newest_first())
+    sink.start_error = None
+    await log.append([minio_event("b", k, n) for n, k in enumerate(["a", "poison", "slow"])])
+    await eventually(lambda: {"retrying", "dead-lettered"} <= {
+        e.outcome for e in d.errors.newest_first()})  # fmt: skip
+    await stop(d, task)
+    errors = d.errors.newest_first()
+    assert errors[-1].outcome == "not started" and "amqp://***@broker" in errors[-1].error
+    dead = next(e for e in errors if e.outcome == "dead-lettered")
+    assert (dead.seq, dead.bucket, dead.key, dead.attempts) == (2, "b", "poison", 1)
+    retrying = next(e for e in errors if e.outcome == "retrying")
+    assert (retrying.seq, retrying.key, retrying.error) == (3, "slow", "busy")
+    assert [e.at for e in errors] == sorted((e.at for e in errors), reverse=True)
+    assert not any("pa55-word" in e.error for e in errors)
+
+
 async def test_retention_prunes_only_delivered_events(tmp_path: Path) -> None:
     event_log = Log(tmp_path / "r.db", retention=0, prune_every=0.5)
     event_log.open()
