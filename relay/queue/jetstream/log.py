@@ -73,6 +73,9 @@ READ_WAIT = 2.0  # longest wait for the next message of a read further back
 CALL_TIMEOUT = 30.0  # a synchronous read's bound (its coroutine runs on the loop)
 STATS_EVERY = 1.0  # seconds between reads of the stream's counts (pressure, /metrics)
 PRUNE_EVERY = 10.0
+# how long a holder trusts its copy of a sink's document: an operator's change (a dead
+# letter retried, a replay) is seen within this, as the SQLite log's within IDLE_POLL
+DOC_FRESH = 1.0
 CLOCK_SKEW = 5.0  # a time-based read starts this much earlier: relay and server clocks
 OPEN_TIMEOUT = 20.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -138,6 +141,7 @@ class JetStreamLog:
         self._following = False  # the window is fed (a delivering process, connected)
         self._docs: dict[str, tuple[state.SinkDoc, int]] = {}  # held sinks: document, revision
         self._doc_locks: dict[str, asyncio.Lock] = {}
+        self._doc_read: dict[str, float] = {}  # when each held document was last written/read
         self._configured: tuple[str, ...] = ()
         self._bounds: dict[str, BacklogBound] = {}
         self._closed = False
@@ -268,6 +272,7 @@ class JetStreamLog:
             if self.role in ("single", "delivery"):
                 await self._follow()
                 self._tasks.append(asyncio.create_task(self._keep(), name="log upkeep"))
+                self._tasks.append(asyncio.create_task(self._renew(), name="leases"))
         return js
 
     async def _disconnected(self) -> None:
@@ -339,18 +344,21 @@ class JetStreamLog:
                 log.info("backpressure off: ingest accepts again", extra={"events": self.events})
         self._pressure, self.pressure_detail, self.blocked_by = pressure, detail, tuple(blocked)
 
-    async def _keep(self) -> None:
-        """Renew this replica's leases; purge what retention lets go."""
-        last_prune = 0.0
+    async def _renew(self) -> None:
+        """This replica's leases, renewed four times per TTL (a task of its own: nothing
+        slow may delay it, or the lease runs out under a live replica)."""
         while True:
             await asyncio.sleep(self._leases.ttl / 4)
             await self._leases.renew_all()
-            if time.monotonic() - last_prune >= PRUNE_EVERY:
-                last_prune = time.monotonic()
-                try:
-                    await self._prune()
-                except (TimeoutError, nats.errors.Error) as exc:
-                    log.warning("log pruning failed", extra={"error": str(exc)})
+
+    async def _keep(self) -> None:
+        """Purge what retention lets go."""
+        while True:
+            await asyncio.sleep(PRUNE_EVERY)
+            try:
+                await self._prune()
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("log pruning failed", extra={"error": str(exc)})
 
     async def _prune(self) -> None:
         if not self._configured:
@@ -524,10 +532,10 @@ class JetStreamLog:
         return sorted(out, key=lambda e: e.seq)
 
     async def _first_seq_since(self, since: float) -> int | None:
-        for entry in await self._read(0, 10_000, since=since):
-            if entry.received_at >= since:
-                return entry.seq
-        return None
+        """The first event the servers stored at `since` or later (their clock: the
+        relay's within CLOCK_SKEW, which retention and START need not be closer than)."""
+        first = await self._read(0, 1, since=since + CLOCK_SKEW)
+        return first[0].seq if first else None
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """A dispatcher's synchronous read (on a worker thread) run on the relay's loop."""
@@ -562,7 +570,7 @@ class JetStreamLog:
 
     def first_seq_received(self, after: int, since: float) -> int | None:
         async def first() -> int | None:
-            for entry in await self._read(0, 10_000, since=since):
+            for entry in await self._read(0, 1000, since=since):
                 if entry.seq > after and entry.received_at >= since:
                     return entry.seq
             return None
@@ -587,11 +595,22 @@ class JetStreamLog:
         return state.DECODER.decode(entry.value or b"{}"), int(entry.revision or 0)
 
     def _doc(self, sink: str) -> state.SinkDoc:
-        """The document of a sink: this replica's own copy while it holds the sink."""
+        """The document of a sink: this replica's own copy while it holds the sink, read
+        again after DOC_FRESH (an operator's command may have queued redeliveries)."""
         held = self._docs.get(sink)
         if held is not None and self._leases.holds(sink_key(sink)):
-            return held[0]
+            if time.monotonic() - self._doc_read.get(sink, 0.0) < DOC_FRESH:
+                return held[0]
+            return self._call(self._refresh(sink))
         return self._call(self._read_doc(sink))[0]
+
+    async def _refresh(self, sink: str) -> state.SinkDoc:
+        async with self._lock(sink):  # not between a settlement's read and its write
+            doc, revision = await self._read_doc(sink)
+            if doc.holder == self.replica and sink in self._docs:
+                self._docs[sink] = (doc, revision)
+                self._doc_read[sink] = time.monotonic()
+            return doc
 
     def _lock(self, sink: str) -> asyncio.Lock:
         return self._doc_locks.setdefault(sink, asyncio.Lock())
@@ -627,6 +646,7 @@ class JetStreamLog:
                 continue
             if sink in self._docs or (as_holder and new.holder == self.replica):
                 self._docs[sink] = (new, revision)
+                self._doc_read[sink] = time.monotonic()
             return result
         raise LogUnavailable(f"the state of sink {sink} kept changing under this replica")
 
@@ -634,8 +654,10 @@ class JetStreamLog:
         key = sink_key(sink)
         if self._leases.holds(key):
             return True
-        self._docs.pop(sink, None)
         await self._ready()
+        if key in self._leases.held and await self._leases.renew(key):
+            return True  # renewed late, but nobody took it meanwhile
+        self._docs.pop(sink, None)
         if not await self._leases.take(key):
             return False
 
