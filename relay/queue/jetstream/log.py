@@ -392,45 +392,43 @@ class JetStreamLog:
     # -- ingest --------------------------------------------------------------------------------
 
     async def append(self, events: Sequence[Event]) -> AppendResult:
+        """Each event published with its id as `Nats-Msg-Id`, one after another (a body's
+        events keep their order); concurrent requests' publishes share the connection, so
+        their round trips overlap. Not nats-py's publish_async: 2.16 raises a 503-coded
+        PubAck error (a full stream, an id past the window) inside its reply handler and
+        never completes the future, which would turn a refusal into a timeout."""
         js = await self._ready()
         now = time.time()
-        acks: list[asyncio.Future[api.PubAck]] = []
+        accepted = duplicates = 0
         try:
             async with asyncio.timeout(self.publish_timeout):
-                # in order on one connection: the stream stores them in this order; the
-                # PubAcks of every request in flight are awaited together (pipelined)
                 for event in events:
-                    acks.append(await js.publish_async(
-                        self.names.event_subject(_subject_id(event.event_id)),
-                        records.encode_event(event, now),
-                        headers={"Nats-Msg-Id": event.event_id},
-                    ))  # fmt: skip
-                results = await asyncio.gather(*acks, return_exceptions=True)
+                    try:
+                        ack = await js.publish(
+                            self.names.event_subject(_subject_id(event.event_id)),
+                            records.encode_event(event, now),
+                            timeout=self.publish_timeout,
+                            headers={"Nats-Msg-Id": event.event_id},
+                        )
+                    except nats.js.errors.APIError as exc:
+                        why = str(exc.description or "").lower()
+                        if _SUBJECT_TAKEN in why:
+                            duplicates += 1  # past the duplicate window, still in the stream
+                            continue
+                        if any(w in why for w in _FULL):
+                            raise LogFull(f"the stream is full: {exc.description}") from None
+                        raise LogUnavailable(f"the stream refused the event: {exc}") from None
+                    except nats.errors.Error as exc:  # no answer, no stream leader
+                        raise LogUnavailable(f"the stream did not acknowledge: {exc}") from None
+                    if ack.duplicate:
+                        duplicates += 1
+                    else:
+                        accepted += 1
+                        self._last_seq = max(self._last_seq, ack.seq)
         except TimeoutError:
-            for ack in acks:
-                ack.cancel()
             raise LogUnavailable(
                 f"the stream did not acknowledge within {self.publish_timeout:g}s"
             ) from None
-        accepted = duplicates = 0
-        for result in results:
-            if isinstance(result, api.PubAck):
-                if result.duplicate:
-                    duplicates += 1
-                else:
-                    accepted += 1
-                    self._last_seq = max(self._last_seq, result.seq)
-            elif (
-                isinstance(result, nats.js.errors.APIError)
-                and _SUBJECT_TAKEN in str(result.description or "").lower()
-            ):
-                duplicates += 1  # past the duplicate window, still in the stream
-            elif isinstance(result, nats.js.errors.APIError) and any(
-                w in str(result.description or "").lower() for w in _FULL
-            ):
-                raise LogFull(f"the stream is full: {result.description}")
-            elif isinstance(result, BaseException):
-                raise LogUnavailable(f"the stream refused the event: {result}")
         if accepted:
             self._wake()
         return AppendResult(accepted, duplicates)
