@@ -98,10 +98,13 @@ def holder(relays: list[RelayProcess]) -> RelayProcess:
     return max(taken, key=lambda t: t[0])[1]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_the_same_event_posted_to_two_replicas_is_stored_once(
-    replicas: Callable[..., list[RelayProcess]], receiver: Receiver
+    replicas: Callable[..., list[RelayProcess]], receiver: Receiver, workers: str
 ) -> None:
-    a, b = replicas()
+    """With RELAY_WORKERS=2 each replica is a supervisor, ingest workers that publish and a
+    delivery worker."""
+    a, b = replicas(RELAY_WORKERS=workers)
     await asyncio.gather(a.start(), b.start())
     body = minio_body("photos", "cat.jpg", 1)
     async with aiohttp.ClientSession() as session:
