@@ -11,7 +11,8 @@
   many, and whether every acknowledged event is still in the stream.
 - the duplicate window's memory: a server's RSS before and after `--ids` distinct
   `Nats-Msg-Id`s inside the window, per million ids; with one subject per id (how the
-  relay refuses an id past the window) and with one subject for all.
+  relay refuses an id past the window, RELAY_LOG_DEDUP=stream) and with one subject for
+  all (RELAY_LOG_DEDUP=window).
 
 Everything shares the machine: 3 servers, the relays and wrk on 2 cores.
 """
@@ -246,10 +247,10 @@ def table(r: Result) -> Table:
           f"{f.missing} lost", f"≤ {TARGET_GAP:g} s and 0 lost",
           check(f.gap, "<=", TARGET_GAP) and f.missing == 0)  # fmt: skip
     m = r.memory
-    t.add(part, "duplicate window memory per million ids (one subject per id)",
-          common.mb(m.per_million_subjects),
-          f"window alone (one subject): {common.mb(m.per_million_window)}; "
-          f"from {m.ids:,} ids, server RSS")  # fmt: skip
+    t.add(part, "server memory per million event ids, RELAY_LOG_DEDUP=stream (window + "
+          "one subject per id)", common.mb(m.per_million_subjects),
+          f"RELAY_LOG_DEDUP=window (the window alone): {common.mb(m.per_million_window)}; "
+          f"RSS of the 3 servers, {m.ids:,} ids, message cache included")  # fmt: skip
     return t
 
 

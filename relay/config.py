@@ -353,6 +353,17 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "as a duplicate all the same (one subject per id).",
     ),
     Option(
+        "log_dedup",
+        "choice",
+        "stream",
+        "With RELAY_LOG=nats://: how long an event id is refused a second time. `stream`: for "
+        "as long as the event is in the stream (one subject per id; the servers keep an index "
+        "entry per event in memory, bench part 6 measures it). `window`: only inside "
+        "RELAY_LOG_DUPLICATE_WINDOW (less server memory; a sender's retry after the window is "
+        "stored and delivered again, with the same event id).",
+        choices=("stream", "window"),
+    ),
+    Option(
         "log_lease",
         "duration",
         10.0,
@@ -430,6 +441,7 @@ class Settings:
     log: str
     log_replicas: int
     log_duplicate_window: float
+    log_dedup: str
     log_lease: float
     log_publish_timeout: float
     log_name: str

@@ -70,6 +70,20 @@ async def test_append_stores_each_event_id_once_in_and_past_the_duplicate_window
     assert await a.head() == 5
 
 
+async def test_with_dedup_by_window_only_ids_are_refused_inside_the_window(
+    make: Make,
+) -> None:
+    log = make(log_dedup="window")
+    events = [minio_event("b", f"k{n}", n) for n in range(3)]
+    assert (await log.append(events)).accepted == 3
+    assert (await log.append(events)).duplicates == 3
+    await log.head()
+    js = await log._ready()
+    config = (await js.stream_info(log.names.events)).config
+    assert config.max_msgs_per_subject in (-1, None, 0)  # no index entry per id
+    assert [e.event.key for e in await log.page(0, 10)] == ["k0", "k1", "k2"]
+
+
 async def test_reads_from_the_window_and_from_the_stream(make: Make) -> None:
     first = make()
     await first.append([minio_event("b", f"old{n}", n) for n in range(30)])

@@ -114,6 +114,7 @@ class JetStreamLog:
         self.max_bytes = settings.max_bytes
         self.retention = settings.retention
         self.publish_timeout = settings.log_publish_timeout
+        self.per_id = settings.log_dedup == "stream"
         self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.events = 0
         self.bytes = 0
@@ -212,8 +213,9 @@ class JetStreamLog:
             discard=api.DiscardPolicy.NEW,
             max_msgs=self.max_events,
             max_bytes=self.max_bytes,
-            max_msgs_per_subject=1,
-            discard_new_per_subject=True,
+            # RELAY_LOG_DEDUP=stream: one message per event id's subject, for good
+            max_msgs_per_subject=1 if self.per_id else -1,
+            discard_new_per_subject=self.per_id,
             storage=api.StorageType.FILE,
             num_replicas=self.replicas,
             duplicate_window=self.settings.log_duplicate_window,
@@ -405,7 +407,9 @@ class JetStreamLog:
                 for event in events:
                     try:
                         ack = await js.publish(
-                            self.names.event_subject(_subject_id(event.event_id)),
+                            self.names.event_subject(
+                                _subject_id(event.event_id) if self.per_id else "all"
+                            ),
                             records.encode_event(event, now),
                             timeout=self.publish_timeout,
                             headers={"Nats-Msg-Id": event.event_id},
