@@ -105,7 +105,7 @@ async def test_the_same_event_posted_to_two_replicas_is_stored_once(
     """With RELAY_WORKERS=2 each replica is a supervisor, ingest workers that publish and a
     delivery worker."""
     a, b = replicas(RELAY_WORKERS=workers)
-    await asyncio.gather(a.start(), b.start())
+    await asyncio.gather(a.start(timeout=60), b.start(timeout=60))
     body = minio_body("photos", "cat.jpg", 1)
     async with aiohttp.ClientSession() as session:
         async with session.post(a.url + "/", data=body, headers=AUTH) as first:
@@ -178,7 +178,7 @@ async def test_kill_9_of_the_stream_leader_loses_no_acknowledged_event(
     cluster: Cluster, replicas: Callable[..., list[RelayProcess]], receiver: Receiver
 ) -> None:
     relays = replicas()
-    await asyncio.gather(*(r.start() for r in relays))
+    await asyncio.gather(*(r.start(timeout=60) for r in relays))
     name = relays[0].env["RELAY_LOG_NAME"]
     loads = [Load(r.url + "/", TOKEN, bucket=f"load{i}") for i, r in enumerate(relays)]
     gap = Gap()
@@ -210,7 +210,7 @@ async def test_kill_9_of_the_replica_holding_the_sink_moves_it_within_the_lease(
     replicas: Callable[..., list[RelayProcess]], receiver: Receiver
 ) -> None:
     relays = replicas()
-    await asyncio.gather(*(r.start() for r in relays))
+    await asyncio.gather(*(r.start(timeout=60) for r in relays))
     await eventually(lambda: any('"sink taken' in r.logs() for r in relays))
     loads = [Load(r.url + "/", TOKEN, bucket=f"load{i}") for i, r in enumerate(relays)]
     stop = asyncio.Event()
@@ -247,7 +247,7 @@ async def test_dead_letters_parked_keys_and_retries_survive_the_replica_that_del
     receiver.reject = lambda body: body["Key"] in rejecting
     receiver.refuse = lambda body: body["Key"] in refusing
     relays = replicas(RUSTFS_NOTIFY_WEBHOOK_BACKOFF_MAX_HOOK="1s")
-    await asyncio.gather(*(r.start() for r in relays))
+    await asyncio.gather(*(r.start(timeout=60) for r in relays))
     await eventually(lambda: any('"sink taken' in r.logs() for r in relays))
     async with aiohttp.ClientSession() as session:
         for n, key in enumerate(["bad", "ok-1", "slow", "slow", "ok-2"]):

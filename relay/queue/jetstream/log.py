@@ -68,7 +68,7 @@ from relay.queue.stats import Orphan, SinkStats
 log = logging.getLogger("relay.log")
 T = TypeVar("T")
 
-WINDOW = 50_000  # newest entries each delivering process keeps (reads past it go to the stream)
+WINDOW = 20_000  # newest entries each delivering process keeps (reads past it go to the stream)
 READ_WAIT = 2.0  # longest wait for the next message of a read further back
 CALL_TIMEOUT = 30.0  # a synchronous read's bound (its coroutine runs on the loop)
 STATS_EVERY = 1.0  # seconds between reads of the stream's counts (pressure, /metrics)
@@ -460,8 +460,7 @@ class JetStreamLog:
                 first = next(iter(self._window))
                 del self._window[first]
                 self._window_from = first + 1
-            if msg.metadata.num_pending == 0:
-                self._wake()
+            self._wake()
 
         await self._js.subscribe(
             self.names.event_subjects, cb=arrived, ordered_consumer=True,
@@ -482,7 +481,8 @@ class JetStreamLog:
             for seq in range(start, self._window_to + 1):
                 entry = self._window.get(seq)
                 if entry is not None:
-                    out.append(entry)
+                    # a LogEntry of its own: delivery marks one sink's copy stale
+                    out.append(LogEntry(entry.seq, entry.received_at, entry.event))
                     if len(out) >= limit:
                         break
             return out
@@ -518,7 +518,11 @@ class JetStreamLog:
         return out
 
     async def _get(self, seqs: Sequence[int]) -> list[LogEntry]:
-        out = [self._window[s] for s in seqs if s in self._window]
+        out = [
+            LogEntry(e.seq, e.received_at, e.event)
+            for e in (self._window.get(s) for s in seqs)
+            if e is not None
+        ]
         missing = [s for s in seqs if s not in self._window]
         if missing:
             js = await self._ready()
@@ -827,7 +831,9 @@ class JetStreamLog:
         for sink in sinks:
             doc, _ = await self._read_doc(sink)
             after = max(0, self._last_seq - doc.cursor)
-            first = await self._read(doc.cursor + 1, 1) if after else []
+            first = await self._get([doc.cursor + 1]) if after else []
+            if after and not first:  # that one is gone (pruned): the next there is
+                first = await self._read(doc.cursor + 1, 1)
             parked = sum(1 for q in doc.queued.values() if q.reason == "parked")
             out.append(SinkStats(sink, doc.cursor, after + len(doc.queued),
                                  first[0].received_at if first else None, len(doc.queued),
@@ -835,9 +841,17 @@ class JetStreamLog:
         return out
 
     async def dead_letter_counts(self) -> dict[str, int]:
+        """From the keys alone (`<sink key>.<seq>`): /metrics asks on every scrape."""
+        await self._ready()
+        assert self._dead_kv is not None
+        try:
+            keys = await self._dead_kv.keys()
+        except nats.js.errors.NoKeysError:
+            return {}
         counts: dict[str, int] = {}
-        for _, record in await self._dead_records():
-            counts[record.sink] = counts.get(record.sink, 0) + 1
+        for key in keys:
+            sink = sink_of_key(key.rpartition(".")[0])
+            counts[sink] = counts.get(sink, 0) + 1
         return counts
 
     async def quarantine_count(self) -> int:
