@@ -552,6 +552,11 @@ def cmd_sinks_forget(args: argparse.Namespace) -> int:
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     config = _config()
+    if config.settings.log != "sqlite":
+        raise admin.AdminError(
+            "relay fsck checks the SQLite log; with RELAY_LOG=nats:// the NATS servers keep "
+            "the stream whole (its replicas, Raft): check them with `nats stream report`"
+        )
     path = _db(config)
     if not path.exists():
         raise admin.AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")

@@ -94,3 +94,10 @@ def test_a_settlement_applies_to_the_document_as_to_the_tables() -> None:
     assert doc.markers == []
     state.apply(doc, Settlement("s", cursor=3), 105.0)
     assert doc.cursor == 6  # never back
+
+
+def test_fsck_says_it_is_for_the_sqlite_log() -> None:
+    env = {"RELAY_LOG": "nats://127.0.0.1:4222", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "relay", "fsck"], env=env,
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode != 0 and "SQLite" in done.stderr
