@@ -19,7 +19,7 @@ from relay.queue.backend import LeaseLost
 from relay.queue.jetstream.log import JetStreamLog, LogFull, LogUnavailable
 from relay.queue.log import Settlement
 from tests.support.bodies import minio_body
-from tests.support.nats_cluster import Cluster, nats_cluster
+from tests.support.nats_cluster import Cluster, drop_log, nats_cluster
 from tests.support.pipeline import minio_event
 from tests.support.waiting import eventually
 
@@ -35,7 +35,7 @@ async def make(log_cluster: Cluster) -> AsyncIterator[Make]:
 
     def new(**env: str) -> JetStreamLog:
         settings = load_settings({
-            "RELAY_LOG": log_cluster.urls, "RELAY_LOG_NAME": name, "RELAY_MAX_BYTES": "64MiB",
+            "RELAY_LOG": log_cluster.urls, "RELAY_LOG_NAME": name, "RELAY_MAX_BYTES": "16MiB",
             "RELAY_LOG_LEASE": "2s", **{f"RELAY_{k.upper()}": v for k, v in env.items()},
         })  # fmt: skip
         log = JetStreamLog(settings)
@@ -46,6 +46,7 @@ async def make(log_cluster: Cluster) -> AsyncIterator[Make]:
     yield new
     for log in made:
         await log.close()
+    await drop_log(log_cluster.urls, name)
 
 
 async def test_append_stores_each_event_id_once_in_and_past_the_duplicate_window(

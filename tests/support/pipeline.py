@@ -25,6 +25,7 @@ from relay.rules import Router, Rule
 from relay.sinks import redact
 from relay.sinks.base import Sink
 from tests.support.bodies import minio_body
+from tests.support.nats_cluster import drop_log
 from tests.support.waiting import eventually
 
 
@@ -45,7 +46,7 @@ def open_test_log(path: Path) -> LogBackend:
         return sqlite
     settings = load_settings({
         "RELAY_LOG": LOG_SERVERS, "RELAY_LOG_NAME": "p" + uuid.uuid4().hex[:12],
-        "RELAY_MAX_BYTES": "64MiB", "RELAY_LOG_LEASE": "3s",
+        "RELAY_MAX_BYTES": "16MiB", "RELAY_LOG_LEASE": "3s",
     })  # fmt: skip
     replicated = JetStreamLog(settings)
     replicated.open()
@@ -116,3 +117,5 @@ async def pipeline(
                 task.cancel()
         await sink.close()
         await log.close()
+        if isinstance(log, JetStreamLog):
+            await drop_log(LOG_SERVERS, log.names.prefix)
