@@ -11,6 +11,8 @@ same run, prints one table with the targets marked ✓/✗, and writes it to ben
                            audit_bucket sink and Ceph are installed; --no-ceph skips it)
     part 4  bench.scale    RSS/disk with a big log, start → ready, ingest while draining
     part 5  bench.growth   ingest and drain rates at 10^4, 10^5, 10^6 queued
+    part 6  bench.replicated  ingest through two replicas on a 3-node JetStream cluster vs
+                           the SQLite log, the failover gap, the duplicate window's memory
 
 `--quick` takes about 8 minutes on the 2-core reference machine. The full profile (1M-event
 drains capped at 300 s, a 10M log for part 4, 60 s of latency) is estimated at 45-50 minutes
@@ -30,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import common, drain, fill, growth, ingest, latency, scale, targets
+from bench import common, drain, fill, growth, ingest, latency, replicated, scale, targets
 from bench.common import Table
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -62,7 +64,7 @@ FULL = Profile("full", ingest_seconds=10, latency_rate=1000, latency_seconds=60,
                ready_events=1_000_000, scale_seconds=10, growth_sizes=(10**4, 10**5, 10**6),
                growth_seconds=10, growth_cap=60)  # fmt: skip
 
-PARTS = ("ingest", "latency", "drain", "scale", "growth")
+PARTS = ("ingest", "latency", "drain", "scale", "growth", "replicated")
 
 
 class Logs:
@@ -131,6 +133,10 @@ async def suite(p: Profile, parts: tuple[str, ...], pin: bool,
             return await scale.run(p.scale_events, p.ready_events, p.scale_seconds, pin,
                                    logs=logs.of(sizes))  # fmt: skip
 
+        async def do_replicated() -> Table:
+            ids = 100_000 if p.name == "quick" else 500_000
+            return replicated.table(await replicated.run(p.ingest_seconds, 64, ids))
+
         await part("ingest", "1 ingest", do_ingest)
         await part("latency", "2 latency", do_latency)
         await part("drain", "3 drain", do_drain)
@@ -139,6 +145,7 @@ async def suite(p: Profile, parts: tuple[str, ...], pin: bool,
         # scale so the 1M log is not yet evicted from the page cache by the 10M one
         await part("growth", "5 growth", do_growth)
         await part("scale", "4 scale", do_scale)
+        await part("replicated", "6 replicated", do_replicated)
         if logs.fills:
             n = sum(f.events for f in logs.fills)
             s = sum(f.seconds for f in logs.fills)
@@ -160,7 +167,7 @@ async def suite(p: Profile, parts: tuple[str, ...], pin: bool,
             f"every measurement started on a quiet machine (≥ {common.QUIET_IDLE:.0%} CPU idle "
             "over 0.5 s; the wait is not measured)."
         )
-    order = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
+    order = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4, "6": 5}
     out.rows.sort(key=lambda r: order.get(r.part[:1], 9))
     return out, time.monotonic() - started
 
@@ -199,9 +206,10 @@ def write_results(t: Table, p: Profile, seconds: float, command: str) -> None:
         "| `python -m bench.routing [--events 100000] [--repeat 7]` | Router.matches, ns per call (3 rules, 3 sinks) | ~10 s |",
         "| `python -m bench.workers [--workers N] [--seconds 10] [--rate 5000] [--parts ingest,steady]` | RELAY_WORKERS=1 against N: durable ingest vs bare aiohttp in 1 and N processes; a steady rate with a webhook sink (backlog, ack p99) | ~3 min |",
         "| `python -m bench.charts [--sinks 4,100] [--repeat 7]` | the status page's samples: time per sample, memory, JSON answers | ~5 s |",
+        "| `python -m bench.replicated [--seconds 10] [--connections 64] [--ids 200000]` | part 6: two replicas on a 3-node JetStream cluster vs SQLite, failover gap, duplicate-window memory | ~1.5 min |",
         "| `python -m bench.pyspy_top PROFILE` | top frames of a `py-spy record -f raw` profile of the relay | |",
         "",
-        "Options of bench.run: `--only ingest,latency,drain,scale,growth`, `--no-pin`, "
+        "Options of bench.run: `--only ingest,latency,drain,scale,growth,replicated`, `--no-pin`, "
         "`--no-ceph`, `--no-write`. Needs `wrk` and the loopback servers (PostgreSQL, "
         "MariaDB, Redis, RabbitMQ, NATS with JetStream); Ceph is optional.",
         "",

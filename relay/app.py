@@ -79,6 +79,10 @@ def open_log(settings: Settings, *, client: bool = False, role: Role = "single")
     """The log (not opened yet). `client`: for an operator's command next to a running relay
     (no integrity check, no pruning: the relay does those); `role`: which part of the relay
     opens it (relay/queue/log.py Role)."""
+    if settings.log != "sqlite":
+        from relay.queue.jetstream.log import JetStreamLog
+
+        return JetStreamLog(settings, client=client, role=role)
     path = Path(settings.data_dir) / DB_NAME
     if client and not path.exists():
         raise admin.AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")

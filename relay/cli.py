@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from relay import __version__, completion, datadir, logs, progress, sinks
-from relay.config import COMMON_OPTIONS, RELAY_OPTIONS, ConfigError, Option, load_settings
+from relay.config import (
+    COMMON_OPTIONS,
+    RELAY_OPTIONS,
+    ConfigError,
+    Option,
+    Settings,
+    load_settings,
+)
 from relay.events import Unparseable, parse_body
 from relay.queue import admin, fsck
 from relay.rules import (
@@ -357,6 +364,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             value = f"{config.settings.listen_host}:{config.settings.listen_port}"
         shown = "***" if option.secret and value else _show(value)
         print(f"  RELAY_{option.env} = {shown}")
+    log_info = _log_backend(config.settings)
+    print("log: " + ", ".join(f"{k} {v}" for k, v in log_info.items()))
     healthy = True
     for spec, sink in zip(config.specs, outputs):
         print(f"sink {spec.name}:")
@@ -374,6 +383,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_UNHEALTHY
 
 
+def _log_backend(settings: Settings) -> dict[str, Any]:
+    """Which log the relay keeps, and where (no credentials: RELAY_LOG refuses them)."""
+    if settings.log == "sqlite":
+        return {"backend": "sqlite", "path": str(Path(settings.data_dir) / "relay.db")}
+    return {
+        "backend": "jetstream", "servers": settings.log, "stream": f"{settings.log_name}_events",
+        "replicas": settings.log_replicas,
+        "auth": "user/password" if settings.log_username else "token" if settings.log_token
+        else "credentials file" if settings.log_credentials_file else "none",
+    }  # fmt: skip
+
+
 def _check_json(config: Config, outputs: Sequence[Any]) -> int:
     settings = {}
     for option in RELAY_OPTIONS:
@@ -388,8 +409,8 @@ def _check_json(config: Config, outputs: Sequence[Any]) -> int:
         options = {k: hide(_show(v)) for k, v in spec.redacted().items() if v not in ("", None, ())}
         out.append({"name": spec.name, "options": options, "reachable": health.ok,
                     "detail": hide(health.detail)})  # fmt: skip
-    _print_json({"settings": settings, "sinks": out, "rules": len(config.router.rules),
-                 "warnings": config.warnings})  # fmt: skip
+    _print_json({"settings": settings, "log": _log_backend(config.settings), "sinks": out,
+                 "rules": len(config.router.rules), "warnings": config.warnings})  # fmt: skip
     return EXIT_OK if all(s["reachable"] for s in out) else EXIT_UNHEALTHY
 
 
@@ -531,6 +552,11 @@ def cmd_sinks_forget(args: argparse.Namespace) -> int:
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     config = _config()
+    if config.settings.log != "sqlite":
+        raise admin.AdminError(
+            "relay fsck checks the SQLite log; with RELAY_LOG=nats:// the NATS servers keep "
+            "the stream whole (its replicas, Raft): check them with `nats stream report`"
+        )
     path = _db(config)
     if not path.exists():
         raise admin.AdminError(f"no log at {path} (is RELAY_DATA_DIR right?)")

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from functools import cache
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -335,6 +337,73 @@ RELAY_OPTIONS: tuple[Option, ...] = (
         "take before the relay exits (undelivered events stay in the log).",
     ),
     Option(
+        "log",
+        "str",
+        "sqlite",
+        "Where the log lives. `sqlite`: one file in RELAY_DATA_DIR, one relay (the default). "
+        "`nats://h1:4222,nats://h2:4222,…` (`tls://` for TLS): a replicated NATS JetStream "
+        "stream, any number of relay replicas, each with its own RELAY_DATA_DIR (see "
+        "Choosing the log).",
+    ),
+    Option(
+        "log_replicas",
+        "int",
+        3,
+        "With RELAY_LOG=nats://: the replicas of the stream and key-value buckets (1-5; 3 "
+        "survives the loss of one server).",
+    ),
+    Option(
+        "log_duplicate_window",
+        "duration",
+        120.0,
+        "With RELAY_LOG=nats://: the stream's duplicate window (`Nats-Msg-Id`); each id in "
+        "it costs the servers memory. Past it, an event id still in the stream is refused "
+        "as a duplicate all the same (one subject per id).",
+    ),
+    Option(
+        "log_dedup",
+        "choice",
+        "stream",
+        "With RELAY_LOG=nats://: how long an event id is refused a second time. `stream`: for "
+        "as long as the event is in the stream (one subject per id; the servers keep an index "
+        "entry per event in memory, bench part 6 measures it). `window`: only inside "
+        "RELAY_LOG_DUPLICATE_WINDOW (less server memory; a sender's retry after the window is "
+        "stored and delivered again, with the same event id).",
+        choices=("stream", "window"),
+    ),
+    Option(
+        "log_lease",
+        "duration",
+        10.0,
+        "With RELAY_LOG=nats://: how long a replica's hold on a sink lasts without being "
+        "renewed: the bound on a dead replica's sinks being taken over.",
+    ),
+    Option(
+        "log_publish_timeout",
+        "duration",
+        5.0,
+        "With RELAY_LOG=nats://: how long ingest waits for the stream's acknowledgement "
+        "before answering 503 + Retry-After.",
+    ),
+    Option(
+        "log_name",
+        "str",
+        "relay",
+        "With RELAY_LOG=nats://: the prefix of the stream and bucket names (relays sharing "
+        "one log share it).",
+    ),
+    Option(
+        "log_username", "str", "", "With RELAY_LOG=nats://: user name (with RELAY_LOG_PASSWORD)."
+    ),
+    Option("log_password", "str", "", "Password of RELAY_LOG_USERNAME.", secret=True),
+    Option("log_token", "str", "", "With RELAY_LOG=nats://: authentication token.", secret=True),
+    Option(
+        "log_credentials_file", "str", "", "With RELAY_LOG=nats://: a `.creds` file (JWT + NKey)."
+    ),
+    Option("log_tls_ca", "str", "", "With RELAY_LOG=nats://: PEM CA bundle of the servers."),
+    Option("log_tls_client_cert", "str", "", "PEM client certificate for mutual TLS (RELAY_LOG)."),
+    Option("log_tls_client_key", "str", "", "PEM key of RELAY_LOG_TLS_CLIENT_CERT."),
+    Option(
         "log_format",
         "choice",
         "json",
@@ -378,6 +447,20 @@ class Settings:
     expected_principals: tuple[str, ...]
     workers: int
     shutdown_timeout: float
+    log: str
+    log_replicas: int
+    log_duplicate_window: float
+    log_dedup: str
+    log_lease: float
+    log_publish_timeout: float
+    log_name: str
+    log_username: str
+    log_password: str
+    log_token: str
+    log_credentials_file: str
+    log_tls_ca: str
+    log_tls_client_cert: str
+    log_tls_client_key: str
     log_format: str
     log_level: str
 
@@ -391,11 +474,72 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     values["workers"] = _workers(values["workers"])
     if values["admin_sample_interval"] < 0.1:  # 0 would sample in a busy loop
         raise ConfigError("RELAY_ADMIN_SAMPLE_INTERVAL: at least 100ms")
+    values["log"] = _log(values["log"])
+    _check_replicated_log(values)
     listen = values.pop("listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"RELAY_LISTEN: {listen!r} is not host:port (e.g. 0.0.0.0:8080)")
     return Settings(listen_host=host.strip("[]") or "0.0.0.0", listen_port=int(port), **values)
+
+
+def log_servers(text: str) -> tuple[str, ...]:
+    """RELAY_LOG's NATS server URLs; () for the embedded log."""
+    return () if text == "sqlite" else tuple(text.split(","))
+
+
+def _log(text: str) -> str:
+    """RELAY_LOG checked and normalised: `sqlite`, or comma-separated nats:// / tls:// URLs."""
+    word = text.strip()
+    if word.lower() in ("", "sqlite"):
+        return "sqlite"
+    urls = []
+    for item in word.split(","):
+        item = item.strip()
+        parts = urlsplit(item)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("nats", "tls") or not parts.hostname or port is None:
+            shown = f"{parts.scheme}://{parts.hostname}:{port}" if parts.hostname else "an entry"
+            raise ConfigError(
+                f"RELAY_LOG: {shown} is not nats://host:port or tls://host:port "
+                "(or `sqlite` for the embedded log)"
+            )
+        if parts.username or parts.password:
+            raise ConfigError(
+                "RELAY_LOG: credentials go in RELAY_LOG_USERNAME/RELAY_LOG_PASSWORD or "
+                "RELAY_LOG_TOKEN, not in the URL"
+            )
+        urls.append(f"{parts.scheme}://{parts.hostname}:{port}")
+    return ",".join(urls)
+
+
+def _check_replicated_log(values: Mapping[str, Any]) -> None:
+    if not 1 <= values["log_replicas"] <= 5:
+        raise ConfigError(f"RELAY_LOG_REPLICAS: {values['log_replicas']} is not between 1 and 5")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", values["log_name"]):
+        raise ConfigError(
+            f"RELAY_LOG_NAME: {values['log_name']!r} is not 1-32 letters, digits, _ or -"
+        )
+    if values["log_duplicate_window"] <= 0:
+        raise ConfigError("RELAY_LOG_DUPLICATE_WINDOW: must be more than 0")
+    if values["log_lease"] < 1:
+        raise ConfigError("RELAY_LOG_LEASE: must be at least 1s")
+    if values["log_publish_timeout"] <= 0:
+        raise ConfigError("RELAY_LOG_PUBLISH_TIMEOUT: must be more than 0")
+    if bool(values["log_username"]) != bool(values["log_password"]):
+        raise ConfigError("RELAY_LOG_USERNAME and RELAY_LOG_PASSWORD: set both or neither")
+    ways = [k for k in ("log_password", "log_token", "log_credentials_file") if values[k]]
+    if len(ways) > 1:
+        names = " and ".join("RELAY_" + k.upper() for k in ways)
+        raise ConfigError(f"{names}: choose one way to authenticate")
+    for key in ("log_credentials_file", "log_tls_ca", "log_tls_client_cert", "log_tls_client_key"):
+        if values[key] and not Path(values[key]).is_file():
+            raise ConfigError(f"RELAY_{key.upper()}: {values[key]} is not a readable file")
+    if bool(values["log_tls_client_cert"]) != bool(values["log_tls_client_key"]):
+        raise ConfigError("RELAY_LOG_TLS_CLIENT_CERT and RELAY_LOG_TLS_CLIENT_KEY: set both")
 
 
 MAX_WORKERS = 8  # past this the one delivery process and the write lock are the limit

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support import pipeline
+from tests.support.nats_cluster import Cluster, nats_cluster
 from tests.support.receiver import Receiver
 from tests.support.relay_process import RelayProcess
 
@@ -30,3 +32,23 @@ async def relay_factory(tmp_path: Path) -> AsyncIterator[Callable[..., RelayProc
     yield make
     for process in made:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def log_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-node JetStream cluster for the replicated log, started on first use."""
+    with nats_cluster(tmp_path_factory.mktemp("log-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "jetstream"])
+def log_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test once per log: the pipelines it makes (tests/support/pipeline.py) use
+    SQLite, then a replicated JetStream log on a 3-node cluster."""
+    if request.param == "jetstream":
+        cluster: Cluster = request.getfixturevalue("log_cluster")
+        pipeline.LOG_SERVERS = cluster.urls
+    try:
+        yield request.param
+    finally:
+        pipeline.LOG_SERVERS = ""

@@ -32,13 +32,15 @@ from relay.delivery.ratelimit import TokenBucket
 from relay.delivery.recent import RecentErrors
 from relay.delivery.stale import WINDOW, Newest, is_stale
 from relay.events import lane, order_token
-from relay.queue.backend import LogBackend
+from relay.queue.backend import LeaseLost, LogBackend
 from relay.queue.log import BacklogBound, LogEntry, Missed, Settlement
 from relay.rules import Router
 from relay.sinks.base import DeliveryError, Result, Retryable, Sink, describe, exc_text
 
 log = logging.getLogger("relay.dispatch")
 
+# a sink another relay holds (the replicated log) is looked at again this often
+HOLD_POLL = 0.5
 IDLE_POLL = 1.0  # redeliveries queued by another process (the CLI) are seen within this
 QUICK_ATTEMPTS = 3  # in-process tries of a batch before the persisted schedule takes over
 
@@ -268,11 +270,22 @@ class Dispatcher:
                 await self._until_resumed()
                 continue
             try:
+                if not await self.log.hold(self.name):
+                    await self._not_held()
+                    if self._stop.is_set():
+                        break
+                    continue
                 if not self._loaded:
+                    if not self._state_loaded:  # taken over from another relay
+                        await self._load_state()
                     await asyncio.to_thread(self._load)
                 if not self.paused:
                     await self._round()
                 failures = 0
+            except LeaseLost as exc:
+                log.warning("sink taken over by another relay: this one stops delivering it",
+                            extra={"sink": self.name, "error": str(exc)})  # fmt: skip
+                await self._not_held()
             except Exception as exc:  # the log itself failing (disk full, I/O error)
                 failures += 1
                 error = f"{type(exc).__name__}: {exc}"
@@ -283,6 +296,13 @@ class Dispatcher:
                 break
         with contextlib.suppress(Exception):  # already logged by the round that saw it fail
             await self._settled()
+
+    async def _not_held(self) -> None:
+        """Another relay delivers this sink (a replicated log): forget what this one had
+        in memory, and look again shortly (the lease's TTL bounds the wait for a dead one)."""
+        self._loaded = self._state_loaded = False
+        self._settling = None
+        await self._sleep(HOLD_POLL)
 
     def _load(self) -> None:
         """Where this sink got to, its parked objects, the markers it is owed, and the newest

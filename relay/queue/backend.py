@@ -55,6 +55,12 @@ from relay.queue.trace import Routing, Trace, TraceQuery
 Progress = Callable[[int, int], None]  # (done, total), while a long operation goes on
 
 
+class LeaseLost(Exception):
+    """A settle (or a read of a held sink) by a relay that no longer holds the sink: another
+    relay took it over. The dispatcher forgets what it had in memory and waits to hold the
+    sink again (relay/delivery/dispatcher.py)."""
+
+
 class LogBackend(Protocol):
     # -- read on every request: kept current by the backend ------------------------------------
     events: int  # events in the log

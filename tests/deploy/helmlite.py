@@ -7,6 +7,7 @@ which this module renders the way Helm does:
     {{ .Values.a.b }}  {{ .Release.Name }}           a value (string, number, bool)
     {{ toYaml .Values.x | nindent N }}               YAML of a map or list, on new lines
     {{- if .Values.x }} … {{- end }}                 Go's truthiness: false, 0, "", empty = false
+    {{- if not .Values.x }} … {{- end }}             its negation (Go's `not`)
     {{- … -}}                                        whitespace trimming, as in Go
 
 Anything else (include, default, quote, else, range, with, variables, comments…) raises
@@ -60,7 +61,9 @@ def render(template: str, values: dict[str, Any], release: dict[str, Any]) -> st
                 out.append(piece)
             continue
         action, line = piece
-        if action.startswith("if "):
+        if action.startswith("if not "):
+            stack.append(all(stack) and not _truthy(_lookup(action[7:].strip(), context, line)))
+        elif action.startswith("if "):
             stack.append(all(stack) and _truthy(_lookup(action[3:].strip(), context, line)))
         elif action == "end":
             if not stack:

@@ -103,6 +103,24 @@ def test_optional_parts_render_and_fit_together() -> None:
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
 
 
+def test_the_replicated_log_runs_replicas_and_needs_no_claim() -> None:
+    urls = "nats://nats-0.nats:4222,nats://nats-1.nats:4222,nats://nats-2.nats:4222"
+    values = helmlite.merge(VALUES, {"log": {"nats": urls}, "replicaCount": 3})
+    objects = rendered(values)
+    assert "PersistentVolumeClaim/relay-s3-notify-relay" not in objects
+    spec = objects["Deployment/relay-s3-notify-relay"]["spec"]
+    assert spec["replicas"] == 3 and spec["strategy"]["type"] == "RollingUpdate"
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    settings = load_settings(env_values(container))  # the chart's RELAY_* are valid
+    assert (settings.log, settings.log_replicas, settings.log_lease) == (urls, 3, 10.0)
+    (data,) = [v for v in pod["volumes"] if v["name"] == "data"]
+    assert "emptyDir" in data and "persistentVolumeClaim" not in data
+    # the embedded log ignores replicaCount: one writer
+    single = rendered(helmlite.merge(VALUES, {"replicaCount": 3}))
+    assert single["Deployment/relay-s3-notify-relay"]["spec"]["replicas"] == 1
+
+
 def test_a_grace_period_shorter_than_the_shutdown_fails_the_check() -> None:
     values = helmlite.merge(VALUES, {"relay": {"shutdownTimeout": "60s"}})
     pod = rendered(values)["Deployment/relay-s3-notify-relay"]["spec"]["template"]["spec"]
@@ -120,6 +138,8 @@ def test_renderer_values_trimming_and_if() -> None:
         "a: {{ .Values.a }}\n"
         "b:\n  {{- toYaml .Values.b | nindent 2 }}\n"
         "{{- if .Values.off }}\nhidden: 1\n{{- end }}\n"
+        "{{- if not .Values.on }}\nhidden: 2\n{{- end }}\n"
+        "{{- if not .Values.off }}\nnot-off: 1\n{{- end }}\n"
         "{{- if .Values.on }}\nshown: {{ .Release.Name }}\n{{- end }}\n"
         "n: {{ .Values.n }} t: {{ .Values.t }}\n"
         "x: {{ .Values.a -}}   \n  y\n"
@@ -128,7 +148,9 @@ def test_renderer_values_trimming_and_if() -> None:
         template, {"a": "v", "b": {"z": 1, "k": [1, 2]}, "off": [], "on": {"x": 1}, "n": 45, "t": True},
         RELEASE,
     )  # fmt: skip
-    assert out == "a: v\nb:\n  k:\n  - 1\n  - 2\n  z: 1\nshown: r\nn: 45 t: true\nx: vy\n"
+    assert out == (
+        "a: v\nb:\n  k:\n  - 1\n  - 2\n  z: 1\nnot-off: 1\nshown: r\nn: 45 t: true\nx: vy\n"
+    )
 
 
 @pytest.mark.parametrize(

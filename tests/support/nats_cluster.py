@@ -9,6 +9,7 @@ asks a node's monitoring endpoint (`/jsz`) which node leads a stream.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
@@ -124,3 +125,25 @@ def nats_cluster(tmp_path: Path, size: int = 3) -> Iterator[Cluster]:
         cluster = Cluster(nodes)
         cluster.wait_meta_leader()
         yield cluster
+
+
+async def drop_log(urls: str, prefix: str) -> None:
+    """Delete the streams and buckets of the replicated log named `prefix` (each reserves
+    RELAY_MAX_BYTES on every node: a test leaves none behind)."""
+    import nats
+    import nats.js.errors
+
+    from relay.queue.jetstream.connect import Names
+
+    names = Names(prefix)
+    nc = await nats.connect(urls.split(","))
+    try:
+        js = nc.jetstream()
+        for stream in (names.events, names.quarantine, names.ids):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(stream)
+        for bucket in (names.sinks, names.leases, names.dead):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_key_value(bucket)
+    finally:
+        await nc.close()

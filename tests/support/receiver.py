@@ -32,6 +32,7 @@ class Receiver:
 
     status: int | Callable[[int], int] = 200
     refuse: Callable[[Any], bool] | None = None
+    reject: Callable[[Any], bool] | None = None  # answered 400: a permanent failure
     delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     attempts: int = 0
@@ -67,6 +68,8 @@ class Receiver:
         status = self.status(self.attempts) if callable(self.status) else self.status
         if self.refuse is not None and self.refuse(json.loads(body)):
             status = 500
+        if self.reject is not None and self.reject(json.loads(body)):
+            status = 400
         if self.delay:
             await asyncio.sleep(self.delay)
         if 200 <= status < 300:
