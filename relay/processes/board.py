@@ -4,7 +4,9 @@ into every process (`relay.board` in the data directory), whatever keeps the log
 - The delivery process publishes what ingest answers by: backpressure (why, and which sinks
   hold it) and each sink's state for /readyz. It is the one writer; a generation counter,
   odd while it writes, lets a reader tell a torn read and skip parsing when nothing
-  changed (ingest looks at it on every request: one 8-byte read then).
+  changed (ingest looks at it on every request: one 8-byte read then). The head is written
+  as whole slices, never with `struct.pack_into`, which zeroes the bytes before it fills
+  them (a reader in between read torn values; relay/queue/shared.py).
 - The supervisor counts the workers it started again after they died.
 """
 
@@ -29,6 +31,8 @@ _MAGIC = 0x52424431  # "RBD1"
 _RESTARTS = struct.Struct("<qq")  # ingest, delivery
 _RESTARTS_AT = 8
 _HEAD = struct.Struct("<QI")  # generation, length of the view
+_GENERATION = struct.Struct("<Q")
+_LENGTH = struct.Struct("<I")
 _HEAD_AT = 24
 _VIEW_AT = 64
 
@@ -77,9 +81,12 @@ class Board:
                                      view.blocked_by[:50], {}, view.check_state))  # fmt: skip
         generation, _ = _HEAD.unpack_from(self._map, _HEAD_AT)
         generation += generation % 2  # a writer that died half-way left it odd
-        _HEAD.pack_into(self._map, _HEAD_AT, generation + 1, 0)
+        self._map[_HEAD_AT : _HEAD_AT + 8] = _GENERATION.pack(generation + 1)
+        self._map[_HEAD_AT + 8 : _HEAD_AT + 12] = _LENGTH.pack(0)
         self._map[_VIEW_AT : _VIEW_AT + len(body)] = body
-        _HEAD.pack_into(self._map, _HEAD_AT, generation + 2, len(body))
+        # the length before the generation: a reader that sees the new generation sees it
+        self._map[_HEAD_AT + 8 : _HEAD_AT + 12] = _LENGTH.pack(len(body))
+        self._map[_HEAD_AT : _HEAD_AT + 8] = _GENERATION.pack(generation + 2)
 
     @property
     def published(self) -> bool:
@@ -88,13 +95,16 @@ class Board:
 
     def view(self) -> View:
         """The view last published (the one before, while a new one is being written)."""
-        generation, length = _HEAD.unpack_from(self._map, _HEAD_AT)
+        generation, length = _HEAD.unpack(self._map[_HEAD_AT : _HEAD_AT + _HEAD.size])
         if generation == self._generation or generation % 2 or not length:
             return self._view
         body = bytes(self._map[_VIEW_AT : _VIEW_AT + length])
-        if _HEAD.unpack_from(self._map, _HEAD_AT)[0] != generation:
+        if _GENERATION.unpack(self._map[_HEAD_AT : _HEAD_AT + 8])[0] != generation:
             return self._view  # rewritten while read: the next request reads it
-        data: dict[str, Any] = json.loads(body)
+        try:
+            data: dict[str, Any] = json.loads(body)
+        except ValueError:  # a torn read the generation did not tell: the next one will do
+            return self._view
         self._view = View(data["pressure"], data["detail"], tuple(data["blocked_by"]),
                           data["sinks"], data["check"])  # fmt: skip
         self._generation = generation
@@ -110,7 +120,8 @@ class Board:
     def count_restart(self, role: str) -> None:
         counts = self.restarts()
         counts[role] += 1
-        _RESTARTS.pack_into(self._map, _RESTARTS_AT, counts["ingest"], counts["delivery"])
+        packed = _RESTARTS.pack(counts["ingest"], counts["delivery"])
+        self._map[_RESTARTS_AT : _RESTARTS_AT + _RESTARTS.size] = packed
 
 
 class BoardGate:

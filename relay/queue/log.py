@@ -423,7 +423,7 @@ class Log:
     def bytes(self, value: int) -> None:
         self._bytes = value
         if self._shared is not None and not self.client:
-            self._shared.measured(value)
+            self._shared.measured(bytes_=value)
 
     @property
     def free_disk(self) -> int:
@@ -435,7 +435,7 @@ class Log:
     def free_disk(self, value: int) -> None:
         self._free_disk = value
         if self._shared is not None and not self.client:
-            self._shared.measured(self._shared.counters()[2], value)
+            self._shared.measured(free_disk=value)
 
     def set_sinks(
         self, names: Sequence[str], bounds: Mapping[str, BacklogBound] | None = None
