@@ -17,7 +17,7 @@ import datetime as dt
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 
 from relay.config import parse_duration
 from relay.events import Event, Unparseable, lane, order_token, parse_body
-from relay.queue.log import LogEntry, entry_from_row
+from relay.queue.log import AppendResult, LogEntry, entry_from_row
 from relay.queue.queries import Q
 
 
@@ -267,13 +267,17 @@ def list_quarantine(conn: sqlite3.Connection, limit: int) -> list[tuple[Any, ...
 
 
 def show_quarantine(conn: sqlite3.Connection, qid: int) -> dict[str, Any]:
-    row = conn.execute(Q["get_quarantine"], (qid,)).fetchone()
+    row = _named(conn, "get_quarantine", {"id": qid}).fetchone()
     if row is None:
         raise NotFound(f"no quarantined body {qid}")
     return {
-        "id": row[0], "received_at": row[1], "source": row[2], "reason": row[3],
-        "headers": json.loads(row[4]), "body": bytes(row[5]).decode("utf-8", "replace"),
-    }  # fmt: skip
+        "id": row["id"],
+        "received_at": row["received_at"],
+        "source": row["source"],
+        "reason": row["reason"],
+        "headers": json.loads(row["headers"]),
+        "body": bytes(row["body"]).decode("utf-8", "replace"),
+    }
 
 
 @dataclass(frozen=True)
@@ -289,16 +293,45 @@ def quarantine_ids(conn: sqlite3.Connection, qid: int | None) -> list[int]:
 
 
 def reparse_quarantined(conn: sqlite3.Connection, qid: int) -> list[Event] | QuarantineRetry:
-    """Parse one quarantined body again (read only): its events, or why it stays."""
-    row = conn.execute(Q["get_quarantine"], (qid,)).fetchone()
+    """Parse one quarantined body of the SQLite log again (read only)."""
+    row = _named(conn, "get_quarantine", {"id": qid}).fetchone()
     if row is None:
         return QuarantineRetry(qid, False, "no such quarantined body")
-    headers = CIMultiDict((k, v) for k, v in json.loads(row[4]).items() if isinstance(v, str))
+    return reparse(qid, row["source"], row["headers"], bytes(row["body"]))
+
+
+def reparse(qid: int, source: str, headers: str, body: bytes) -> list[Event] | QuarantineRetry:
+    """A quarantined body parsed again, whichever log kept it: its events, or why it stays."""
+    fields = CIMultiDict((k, v) for k, v in json.loads(headers).items() if isinstance(v, str))
     try:
-        parsed = parse_body(bytes(row[5]), headers, row[2])
+        parsed = parse_body(body, fields, source)
     except Unparseable as exc:
         return QuarantineRetry(qid, False, f"still unreadable: {exc.reason}")
     return list(parsed.events)
+
+
+async def retry_quarantined(
+    items: Iterable[int],
+    reparse: Callable[[int], Awaitable[list[Event] | QuarantineRetry]],
+    append: Callable[[list[Event]], Awaitable[AppendResult]],
+    drop: Callable[[int], Awaitable[object]],
+    select: Select | None = None,
+) -> list[QuarantineRetry]:
+    """The retry of quarantined bodies on either log: the events of a body that now parses
+    go into the log as ingest's do (`append`), then the body leaves quarantine (`drop`). A
+    crash between the two leaves it there, and retrying again stores nothing twice: the
+    log refuses an event id it holds."""
+    results = []
+    for item in items:
+        parsed = await reparse(item)
+        if isinstance(parsed, QuarantineRetry):
+            results.append(parsed)
+            continue
+        events, left_out = select(parsed) if select else (parsed, 0)
+        accepted = (await append(events)).accepted if events else 0
+        await drop(item)
+        results.append(QuarantineRetry(item, True, ingested(accepted, left_out)))
+    return results
 
 
 def drop_quarantined_tx(conn: sqlite3.Connection, qid: int) -> None:

@@ -711,24 +711,18 @@ class Log:
     async def retry_quarantine(
         self, qid: int | None, select: Select | None = None
     ) -> list[QuarantineRetry]:
-        """Each body parsed again on a reader thread; the events of one that now parses go
-        into the log as ingest's do (`append`), then it leaves quarantine: a crash between
-        the two leaves it there, and retrying again stores nothing twice."""
+        """relay/queue/admin.py retry_quarantined, each body parsed again on a reader
+        thread."""
         from relay.queue import admin
 
-        results = []
-        for item in await self._operator_read(lambda c: admin.quarantine_ids(c, qid)):
-            parsed = await self._operator_read(
-                functools.partial(admin.reparse_quarantined, qid=item)
-            )
-            if isinstance(parsed, admin.QuarantineRetry):
-                results.append(parsed)
-                continue
-            events, left_out = select(parsed) if select else (parsed, 0)
-            accepted = (await self.append(events)).accepted if events else 0
+        async def reparse(item: int) -> list[Event] | admin.QuarantineRetry:
+            return await self._operator_read(functools.partial(admin.reparse_quarantined, qid=item))
+
+        async def drop(item: int) -> None:
             await self.write(functools.partial(admin.drop_quarantined_tx, qid=item))
-            results.append(admin.QuarantineRetry(item, True, admin.ingested(accepted, left_out)))
-        return results
+
+        items = await self._operator_read(lambda c: admin.quarantine_ids(c, qid))
+        return await admin.retry_quarantined(items, reparse, self.append, drop, select)
 
     async def replay(
         self,

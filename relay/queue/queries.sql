@@ -209,7 +209,7 @@ DELETE FROM dead_letters WHERE id = :id;
 SELECT id, received_at, source, reason, length(body) FROM quarantine ORDER BY id LIMIT ?;
 
 -- name: get_quarantine
-SELECT id, received_at, source, reason, headers, body FROM quarantine WHERE id = ?;
+SELECT id, received_at, source, reason, headers, body FROM quarantine WHERE id = :id;
 
 -- name: delete_quarantine
 DELETE FROM quarantine WHERE id = ?;

@@ -987,33 +987,20 @@ class JetStreamLog:
     async def retry_quarantine(
         self, qid: int | None, select: admin.Select | None = None
     ) -> list[QuarantineRetry]:
-        import json
-
-        from multidict import CIMultiDict
-
-        from relay.events import Unparseable, parse_body
-
         js = await self._ready()
-        bodies = await self._bodies()
-        if qid is not None:
-            bodies = [(q, b) for q, b in bodies if q == qid]
-            if not bodies:
-                return [QuarantineRetry(qid, False, "no such quarantined body")]
-        results = []
-        for item, body in bodies:
-            headers = CIMultiDict(
-                (k, v) for k, v in json.loads(body.headers).items() if isinstance(v, str)
-            )
-            try:
-                parsed = list(parse_body(body.body, headers, body.source).events)
-            except Unparseable as exc:
-                results.append(QuarantineRetry(item, False, f"still unreadable: {exc.reason}"))
-                continue
-            events, left_out = select(parsed) if select else (parsed, 0)
-            accepted = (await self.append(events)).accepted if events else 0
+        bodies = dict(await self._bodies())
+        if qid is not None and qid not in bodies:
+            return [QuarantineRetry(qid, False, "no such quarantined body")]
+
+        async def reparse(item: int) -> list[Event] | QuarantineRetry:
+            body = bodies[item]
+            return admin.reparse(item, body.source, body.headers, body.body)
+
+        async def drop(item: int) -> None:
             await js.delete_msg(self.names.quarantine, item)
-            results.append(QuarantineRetry(item, True, admin.ingested(accepted, left_out)))
-        return results
+
+        items = [qid] if qid is not None else list(bodies)
+        return await admin.retry_quarantined(items, reparse, self.append, drop, select)
 
     async def replay(
         self,
