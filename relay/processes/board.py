@@ -101,10 +101,7 @@ class Board:
         body = bytes(self._map[_VIEW_AT : _VIEW_AT + length])
         if _GENERATION.unpack(self._map[_HEAD_AT : _HEAD_AT + 8])[0] != generation:
             return self._view  # rewritten while read: the next request reads it
-        try:
-            data: dict[str, Any] = json.loads(body)
-        except ValueError:  # a torn read the generation did not tell: the next one will do
-            return self._view
+        data: dict[str, Any] = json.loads(body)
         self._view = View(data["pressure"], data["detail"], tuple(data["blocked_by"]),
                           data["sinks"], data["check"])  # fmt: skip
         self._generation = generation

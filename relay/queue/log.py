@@ -1039,14 +1039,23 @@ class Log:
             self._update_pressure()
 
     def _marks(self) -> str | None:
-        """Over RELAY_MAX_EVENTS, RELAY_MAX_BYTES or under RELAY_MIN_FREE_BYTES?"""
-        if self.events >= self.max_events:
+        """Over RELAY_MAX_EVENTS, RELAY_MAX_BYTES or under RELAY_MIN_FREE_BYTES? From one
+        reading of the levels (an ingest worker asks on every request)."""
+        events, bytes_, free_disk = self._levels()
+        if events >= self.max_events:
             return "log_full_events"
-        if self.bytes >= self.max_bytes:
+        if bytes_ >= self.max_bytes:
             return "log_full_bytes"
-        if self.min_free_bytes and self.free_disk and self.free_disk < self.min_free_bytes:
+        if self.min_free_bytes and free_disk and free_disk < self.min_free_bytes:
             return "disk_low"
         return None
+
+    def _levels(self) -> tuple[int, int, int]:
+        """(events, bytes, free disk), shared by the relay's processes or this one's own."""
+        if self._shared is not None and not self.client:
+            events, _, bytes_, free_disk = self._shared.counters()
+            return events, bytes_, free_disk
+        return self._events, self._bytes, self._free_disk
 
     def _update_pressure(self) -> None:
         blocked: list[str] = []

@@ -88,13 +88,8 @@ class SharedLog:
 
     # -- the write lock -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        return _flocked(self._lock_fd)
 
     # -- counters -----------------------------------------------------------------------------
 
@@ -140,12 +135,8 @@ class SharedLog:
 
     @contextlib.contextmanager
     def _counters_lock(self) -> Iterator[None]:
-        with self._counters_thread_lock:
-            fcntl.flock(self._counters_fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._counters_fd, fcntl.LOCK_UN)
+        with self._counters_thread_lock, _flocked(self._counters_fd):
+            yield
 
     def _read_locked(self) -> tuple[int, int, int, int]:
         return _COUNTERS.unpack(self._map[_COUNTERS_AT:_COUNTERS_END])  # type: ignore[return-value]
@@ -173,3 +164,12 @@ class SharedLog:
         sock.bind(self._wake_address)
         sock.setblocking(False)
         return sock
+
+
+@contextlib.contextmanager
+def _flocked(fd: int) -> Iterator[None]:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
