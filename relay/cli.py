@@ -29,6 +29,7 @@ from relay.config import (
 )
 from relay.events import Unparseable, parse_body
 from relay.queue import admin, fsck
+from relay.queue.backend import LogUnavailable
 from relay.rules import (
     Rule,
     format_verdicts,
@@ -50,7 +51,7 @@ EXIT_CODES = """exit status:
   0  done; everything checked is healthy
   1  a sink unreachable (check), a check that failed (audit verify), a body still unreadable
      (quarantine retry), no event matched (trace), an operator error (no such dead letter,
-     another relay holds the data directory)
+     another relay holds the data directory, the replicated log not answering at start)
   2  a configuration error, named with its variable
   3  the log is damaged (fsck; serve with RELAY_ON_DAMAGE=refuse)"""
 T = TypeVar("T")
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (admin.AdminError, datadir.DataDirInUse) as exc:
+    except (admin.AdminError, datadir.DataDirInUse, LogUnavailable) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return EXIT_UNHEALTHY
     except fsck.LogDamaged as exc:

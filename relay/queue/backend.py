@@ -61,6 +61,11 @@ class LeaseLost(Exception):
     sink again (relay/delivery/dispatcher.py)."""
 
 
+class LogUnavailable(Exception):
+    """The replicated log did not answer in time (no leader, no quorum, servers
+    unreachable): ingest answers 503 + Retry-After; at start, the relay exits saying so."""
+
+
 class LogBackend(Protocol):
     # -- read on every request: kept current by the backend ------------------------------------
     events: int  # events in the log

@@ -122,6 +122,36 @@ async def test_the_same_event_posted_to_two_replicas_is_stored_once(
     assert keys(receiver)["photos/cat.jpg"] == 1
 
 
+async def test_a_replica_started_before_its_cluster_has_a_leader_waits_for_it(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Relay and cluster started together (one compose file): the relay's first requests to
+    the log go unanswered until a quorum of nodes runs, and it waits for them rather than
+    exit."""
+    with nats_cluster(tmp_path / "js", started=1) as young:
+        relay = RelayProcess(tmp_path / "relay", {
+            "RELAY_LOG": young.urls, "RELAY_LOG_NAME": "early", "RELAY_MAX_BYTES": "64MiB",
+            "RELAY_AUTH_TOKENS": TOKEN,
+            "RUSTFS_NOTIFY_WEBHOOK_ENABLE_HOOK": "on",
+            "RUSTFS_NOTIFY_WEBHOOK_ENDPOINT_HOOK": receiver.url,
+        })  # fmt: skip
+        (tmp_path / "relay").mkdir()
+        await relay.start(probe=False)
+        try:
+            await eventually(lambda: "does not answer yet" in relay.logs(), timeout=30)
+            assert relay.proc is not None and relay.proc.poll() is None
+            for node in young.nodes[1:]:
+                node.server.start()
+            await relay.wait_ready(timeout=60)
+            async with aiohttp.ClientSession() as session:
+                async with session.post(relay.url + "/", headers=AUTH,
+                                        data=minio_body("photos", "early.jpg", 1)) as answer:  # fmt: skip
+                    assert answer.status == 200
+            await eventually(lambda: keys(receiver)["photos/early.jpg"] == 1)
+        finally:
+            relay.kill()
+
+
 async def _load_until(load: Load, done: Callable[[], bool]) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(load.run(stop, concurrency=8))

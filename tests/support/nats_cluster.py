@@ -101,7 +101,9 @@ class Cluster:
 
 
 @contextmanager
-def nats_cluster(tmp_path: Path, size: int = 3) -> Iterator[Cluster]:
+def nats_cluster(tmp_path: Path, size: int = 3, started: int | None = None) -> Iterator[Cluster]:
+    """`started` nodes at first (all by default; fewer than a quorum: no meta leader, and
+    the test starts the rest with `node(name).server.start()`)."""
     base = tmp_path / "nats-cluster"
     ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
     routes = ", ".join(f"nats-route://{HOST}:{cluster}" for _, cluster, _ in ports)
@@ -121,9 +123,11 @@ def nats_cluster(tmp_path: Path, size: int = 3) -> Iterator[Cluster]:
     with ExitStack() as stack:
         for node in nodes:
             stack.callback(node.server.stop)
+        for node in nodes[:started]:
             node.server.start()
         cluster = Cluster(nodes)
-        cluster.wait_meta_leader()
+        if started is None:
+            cluster.wait_meta_leader()
         yield cluster
 
 

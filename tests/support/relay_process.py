@@ -56,6 +56,12 @@ class RelayProcess:
             env=self.env, stdout=log, stderr=log, cwd=self.workdir, start_new_session=True,
         )  # fmt: skip
         log.close()
+        if probe:
+            await self.wait_ready(timeout)
+        return self
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until /healthz answers over plain HTTP; fails at once if the relay exits."""
 
         async def ready() -> bool:
             assert self.proc is not None
@@ -68,9 +74,7 @@ class RelayProcess:
             except aiohttp.ClientError:
                 return False
 
-        if probe:
-            await eventually(ready, timeout=timeout)
-        return self
+        await eventually(ready, timeout=timeout)
 
     def kill(self) -> None:
         """SIGKILL to every process of the relay (the supervisor and its workers, when it

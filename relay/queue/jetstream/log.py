@@ -42,12 +42,19 @@ from nats.aio.client import Client as NatsClient
 from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from relay.config import Settings
 from relay.events import Event
 from relay.queue import admin, lifecycle
 from relay.queue.admin import DeadLetter, DeadLetterFilter, QuarantineRetry, RetryPlan
-from relay.queue.backend import LeaseLost
+from relay.queue.backend import LeaseLost, LogUnavailable
 from relay.queue.jetstream import records, state
 from relay.queue.jetstream.connect import Names, connect
 from relay.queue.jetstream.leases import Leases
@@ -77,16 +84,17 @@ PRUNE_EVERY = 10.0
 # letter retried, a replay) is seen within this, as the SQLite log's within IDLE_POLL
 DOC_FRESH = 1.0
 CLOCK_SKEW = 5.0  # a time-based read starts this much earlier: relay and server clocks
-OPEN_TIMEOUT = 20.0
+# A relay started beside its cluster (one compose file, one rollout) finds it electing
+# leaders: a JetStream API request then gets no answer or a 503 for a few seconds (a fresh
+# 3-node cluster under load: one request unanswered for 10 s). Opening retries each request
+# (OPEN_REQUEST_TIMEOUT) until OPEN_TIMEOUT, so only a cluster that stays unready stops it,
+# with the last thing it answered.
+OPEN_TIMEOUT = 30.0
+OPEN_REQUEST_TIMEOUT = 4.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 # what a full stream answers (discard new): JSStreamStoreFailedF with the limit's words
 _FULL = ("maximum messages exceeded", "maximum bytes exceeded", "insufficient resources")
 _SUBJECT_TAKEN = "maximum messages per subject exceeded"
-
-
-class LogUnavailable(Exception):
-    """The stream did not acknowledge in time (no leader, no quorum, servers unreachable):
-    ingest answers 503 + Retry-After."""
 
 
 class LogFull(Exception):
@@ -102,6 +110,29 @@ def sink_key(sink: str) -> str:
 def sink_of_key(key: str) -> str:
     kind, _, rest = key.partition(".")
     return rest if kind == "s" else bytes.fromhex(rest).decode()
+
+
+NO_PEERS_YET = 10005  # "no suitable peers for placement": also a cluster still meeting its nodes
+
+
+def _not_ready(exc: BaseException) -> bool:
+    """What a cluster answers while it elects leaders and meets its nodes: no answer, no
+    responders, a 503, too few peers known for the replicas asked."""
+    if isinstance(exc, nats.js.errors.BadRequestError):
+        return exc.err_code == NO_PEERS_YET
+    return isinstance(
+        exc,
+        nats.errors.TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.js.errors.ServiceUnavailableError,
+    )
+
+
+def _not_ready_yet(retry: RetryCallState) -> None:
+    if retry.attempt_number == 1:
+        failure = retry.outcome.exception() if retry.outcome else None
+        log.warning("the replicated log does not answer yet; retrying",
+                    extra={"error": type(failure).__name__})  # fmt: skip
 
 
 class JetStreamLog:
@@ -166,7 +197,9 @@ class JetStreamLog:
 
         def provision() -> None:
             try:
-                asyncio.run(asyncio.wait_for(self._provision(), OPEN_TIMEOUT))
+                asyncio.run(
+                    asyncio.wait_for(self._provision(), OPEN_TIMEOUT + 2 * OPEN_REQUEST_TIMEOUT)
+                )
             except BaseException as exc:
                 failure.append(exc)
 
@@ -182,9 +215,20 @@ class JetStreamLog:
         self.open_seconds = time.monotonic() - started
 
     async def _provision(self) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_not_ready),
+            wait=wait_random_exponential(multiplier=0.2, max=2.0),
+            stop=stop_after_delay(OPEN_TIMEOUT),
+            before_sleep=_not_ready_yet,
+            reraise=True,
+        ):
+            with attempt:
+                await self._provision_once()
+
+    async def _provision_once(self) -> None:
         nc = await connect(self.settings, f"s3-notify-relay {self.role} (open)")
         try:
-            js = nc.jetstream(timeout=10.0)
+            js = nc.jetstream(timeout=OPEN_REQUEST_TIMEOUT)
             create = self.role != "ingest"
             await self._stream(js, self._events_config(), create)
             await self._stream(js, api.StreamConfig(
