@@ -9,6 +9,9 @@
 - the failover gap: the stream leader's node killed (SIGKILL) under a steady probe (one
   fresh event every 10 ms, to the replicas in turn): how long answers were not 2xx, how
   many, and whether every acknowledged event is still in the stream.
+- where is my event: `relay trace` of an object the load never posted, which reads every
+  event of each log (the replicated one: its newest 200 000 at most): events read per second,
+  the replicated log's against the SQLite log's.
 - the duplicate window's memory: a server's RSS before and after `--ids` distinct
   `Nats-Msg-Id`s inside the window, per million ids; with one subject per id (how the
   relay refuses an id past the window, RELAY_LOG_DEDUP=stream) and with one subject for
@@ -21,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -55,9 +61,21 @@ class Memory:
 
 
 @dataclass
+class Scan:
+    events: int  # the events the log held
+    seconds: float  # `relay trace` of an object none of them is of, the command's start included
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+@dataclass
 class Result:
     replicated: WrkResult  # the two replicas' figures summed (rps, requests, errors)
     sqlite: WrkResult
+    scan_replicated: Scan
+    scan_sqlite: Scan
     failover: Failover
     memory: Memory
     connections: int
@@ -70,7 +88,7 @@ def _env(cluster: Cluster, name: str) -> dict[str, str]:
 
 async def replicated_ingest(
     work: Path, cluster: Cluster, seconds: float, connections: int, script: Path
-) -> WrkResult:
+) -> tuple[WrkResult, Scan]:
     name = "b" + uuid.uuid4().hex[:8]
     relays = [Relay(work / f"replica-{i}", _env(cluster, name), log=work / f"replica-{i}.log")
               for i in range(2)]  # fmt: skip
@@ -85,24 +103,49 @@ async def replicated_ingest(
     finally:
         for relay in relays:
             await relay.stop()
-    return WrkResult(
+    summed = WrkResult(
         rps=sum(r.rps for r in runs), requests=sum(r.requests for r in runs),
         errors=sum(r.errors for r in runs), socket_errors=sum(r.socket_errors for r in runs),
         p50=max(r.p50 for r in runs), p90=max(r.p90 for r in runs),
         p99=max(r.p99 for r in runs), p999=max(r.p999 for r in runs),
         max=max(r.max for r in runs),
     )  # fmt: skip
+    return summed, trace_scan(relays[0])
 
 
-async def sqlite_ingest(work: Path, seconds: float, connections: int, script: Path) -> WrkResult:
+async def sqlite_ingest(
+    work: Path, seconds: float, connections: int, script: Path
+) -> tuple[WrkResult, Scan]:
     relay = Relay(work / "sqlite", {"RELAY_SYNC": "full"}, log=work / "sqlite.log")
     try:
         await relay.start()
         await common.quiet("sqlite ingest")
         await run_wrk(relay.url, 2, connections, script, None)
-        return await run_wrk(relay.url, seconds, connections, script, None)
+        result = await run_wrk(relay.url, seconds, connections, script, None)
     finally:
         await relay.stop()
+    return result, trace_scan(relay)
+
+
+def trace_scan(relay: Relay) -> Scan:
+    """`relay trace` (a stopped relay's log, its configuration) of an object the load never
+    posted: every event read. The log's newest seq from a trace of a seq past it."""
+
+    def trace(query: str) -> tuple[str, float]:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "relay", "trace", query], env=relay.env,
+                              capture_output=True, text=True, cwd=common.ROOT)  # fmt: skip
+        return done.stdout, time.monotonic() - started
+
+    beyond, _ = trace("999999999")
+    newest = re.search(r"the newest in the log is seq (\d+)", beyond)
+    assert newest, beyond
+    events = int(newest.group(1))
+    searched, seconds = trace("nothing-posted/here")
+    read = re.search(r"only seqs (\d+)\.\.(\d+)", searched)
+    if read:
+        events = int(read.group(2)) - int(read.group(1)) + 1
+    return Scan(events, seconds)
 
 
 async def failover(work: Path, cluster: Cluster) -> Failover:
@@ -214,11 +257,19 @@ async def run(seconds: float = 10, connections: int = 64, ids: int = 200_000) ->
         script = write_script(work)
         with nats_cluster(work / "cluster") as cluster:
             common.say("replicated ingest: 2 relays, 3-node JetStream cluster, R3 …")
-            replicated = await replicated_ingest(work, cluster, seconds, connections, script)
-            common.say(f"  {replicated.rps:,.0f} ev/s, non-2xx {replicated.errors}")
+            replicated, scan_replicated = await replicated_ingest(
+                work, cluster, seconds, connections, script
+            )
+            common.say(
+                f"  {replicated.rps:,.0f} ev/s, non-2xx {replicated.errors}; trace read "
+                f"{scan_replicated.events:,} events in {scan_replicated.seconds:.1f} s"
+            )
             common.say("SQLite ingest: 1 relay, RELAY_SYNC=full …")
-            sqlite = await sqlite_ingest(work, seconds, connections, script)
-            common.say(f"  {sqlite.rps:,.0f} ev/s")
+            sqlite, scan_sqlite = await sqlite_ingest(work, seconds, connections, script)
+            common.say(
+                f"  {sqlite.rps:,.0f} ev/s; trace read {scan_sqlite.events:,} events in "
+                f"{scan_sqlite.seconds:.1f} s"
+            )
             common.say("failover: SIGKILL of the stream leader under a probe …")
             fo = await failover(work, cluster)
             common.say(f"  gap {fo.gap:.1f} s, {fo.refused} not 2xx, {fo.missing} lost")
@@ -227,7 +278,7 @@ async def run(seconds: float = 10, connections: int = 64, ids: int = 200_000) ->
             common.say(f"  {common.mb(memory.per_million_subjects)} per million ids "
                        f"(one subject each), {common.mb(memory.per_million_window)} "
                        "(window alone)")  # fmt: skip
-    return Result(replicated, sqlite, fo, memory, connections)
+    return Result(replicated, sqlite, scan_replicated, scan_sqlite, fo, memory, connections)
 
 
 def table(r: Result) -> Table:
@@ -241,6 +292,11 @@ def table(r: Result) -> Table:
           check(r.replicated.rps, ">=", TARGET_RATE))  # fmt: skip
     t.add(part, "  same load, one relay on the SQLite log (RELAY_SYNC=full)",
           rate(r.sqlite.rps), f"p99 {common.ms(r.sqlite.p99)}")  # fmt: skip
+    a, b = r.scan_replicated, r.scan_sqlite
+    t.add(part, "relay trace of an object never posted: events read per second (the command's "
+          "start included)", rate(a.rate),
+          f"{a.rate / b.rate if b.rate else 0:.2f}x SQLite ({b.rate:,.0f}/s); "
+          f"{a.events:,} events in {a.seconds:.1f} s, SQLite {b.events:,} in {b.seconds:.1f} s")  # fmt: skip
     f = r.failover
     t.add(part, "failover gap: SIGKILL of the stream leader's node, probe every 10 ms",
           f"{f.gap:.1f} s", f"{f.refused} answers not 2xx (503); {f.acked} acknowledged, "

@@ -779,7 +779,9 @@ class Log:
         """The rows on a reader thread of the operator's; the trace built from them here."""
         from relay.queue import trace
 
-        rows = await self._operator_read(lambda c: trace.read(c, query, routing))
+        rows = await self._operator_read(
+            lambda c: trace.read(trace.SqliteSource(c), query, routing)
+        )
         return trace.build(query, rows, routing)
 
     async def oldest_received(self) -> float | None:

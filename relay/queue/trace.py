@@ -37,7 +37,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import msgspec
 
@@ -214,29 +214,66 @@ class TraceRows:
     ahead: dict[tuple[str, int], tuple[int, bool]] = field(default_factory=dict)
     pruned_upto: int = 0
     head: int = 0  # the highest seq in the log
+    searched_from: int = 0  # the look-ups read from this seq on only (0: all of the log)
 
 
-def read(conn: sqlite3.Connection, query: TraceQuery, routing: Routing) -> TraceRows:
+class TraceSource(Protocol):
+    """What `read` asks of a log: the SQLite log answers with queries (`SqliteSource`), the
+    replicated log from its stream and its sinks' documents
+    (relay/queue/jetstream/trace.py). Synchronous: `read` runs on a thread of its own."""
+
+    def by_seq(self, seq: int) -> list[LogEntry]: ...
+    def by_event_id(self, event_id: str) -> list[LogEntry]: ...
+    def of_object(self, bucket: str, key: str, from_seq: int, since: float) -> list[LogEntry]:
+        """The object's events from `from_seq` on received at `since` or later, oldest
+        first."""
+        ...
+
+    def first_seq_since(self, since: float) -> int:
+        """About where the log reaches `since` (SINCE_SLACK early, never late)."""
+        ...
+
+    def pruned_upto(self) -> int: ...
+    def head(self) -> int: ...
+    def cursors(self) -> dict[str, CursorRow]: ...
+    def missed(self) -> dict[str, list[Shed]]: ...
+    def dead_letters(self, seqs: Iterable[int]) -> list[DeadLetterRow]:
+        """Oldest first."""
+        ...
+
+    def redeliveries(self, seqs: Iterable[int]) -> dict[tuple[str, int], RedeliveryRow]: ...
+    def retries(self) -> dict[tuple[str, int], Retry]: ...
+    def parked(self, objects: Sequence[tuple[str, str]]) -> dict[tuple[str, str, str], list[int]]:
+        """Per (sink, bucket, key), the object's parked seqs in order."""
+        ...
+
+    def entries_between(self, after: int, upto: int) -> list[LogEntry]: ...
+    def count_between(self, after: int, before: int) -> int: ...
+    def searched_from(self) -> int:
+        """The oldest seq the look-ups read, when they could not read the whole log (a log
+        without an index by object); 0 otherwise."""
+        ...
+
+
+def read(source: TraceSource, query: TraceQuery, routing: Routing) -> TraceRows:
     """Everything `build` needs, read from the log (read only)."""
     since = query.since if query.since is not None else float("-inf")
-    from_seq = _first_seq_since(conn, query.since) if query.since is not None else 0
+    from_seq = source.first_seq_since(query.since) if query.since is not None else 0
     if query.seq is not None:
-        found = _entries(conn, "trace_by_seq", {"seq": query.seq})
+        found = source.by_seq(query.seq)
     elif query.event_id is not None:
-        found = _entries(conn, "trace_by_event_id", {"event_id": query.event_id})
+        found = source.by_event_id(query.event_id)
     else:
-        found = _object(conn, query.bucket or "", query.key or "", from_seq, since)
+        found = source.of_object(query.bucket or "", query.key or "", from_seq, since)
     found = [e for e in found if e.received_at >= since]
     matched = found[-query.limit :] if query.limit > 0 else found
     rows = TraceRows(matched=matched, more=len(found) - len(matched))
-    rows.pruned_upto = int(conn.execute(Q["get_pruned_upto"]).fetchone()[0])
-    rows.head = int(conn.execute(Q["max_seq"]).fetchone()[0])
-    for row in _named(conn, "trace_cursors"):
-        rows.cursors[row["sink"]] = CursorRow(row["seq"], row["updated_at"], row["paused"])
-    for row in _named(conn, "trace_missed"):
-        shed = Shed(row["first_seq"], row["last_seq"], row["count"], row["reason"])
-        rows.missed.setdefault(row["sink"], []).append(shed)
+    rows.pruned_upto = source.pruned_upto()
+    rows.head = source.head()
+    rows.cursors = source.cursors()
+    rows.missed = source.missed()
     if not matched:
+        rows.searched_from = source.searched_from()
         return rows
     # the objects' earlier events tell whether a sink had a newer one (stale)
     objects = sorted({lane(e.event) for e in matched})
@@ -244,42 +281,98 @@ def read(conn: sqlite3.Connection, query: TraceQuery, routing: Routing) -> Trace
         rows.history = {objects[0]: found}
     else:
         for bucket, key in objects:
-            rows.history[(bucket, key)] = _object(conn, bucket, key, from_seq, since)
+            rows.history[(bucket, key)] = source.of_object(bucket, key, from_seq, since)
     seqs = {e.seq for events in rows.history.values() for e in events} | {e.seq for e in matched}
-    rows.dead_letters = [
-        DeadLetterRow(**dict(row))
-        for row in _named(conn, "trace_dead_letters", {"seqs": _ids(seqs)})
-    ]
-    for row in _named(conn, "trace_redeliveries", {"seqs": _ids(e.seq for e in matched)}):
-        rows.redeliveries[(row["sink"], row["seq"])] = RedeliveryRow(row["reason"], row["newer"])
-    for row in _named(conn, "trace_retries"):
-        retry = Retry(row["seq"], row["attempts"], row["next_at"], row["last_error"])
-        rows.retries[(row["sink"], row["seq"])] = retry
-    for row in _named(conn, "trace_parked_objects", {"objects": json.dumps(objects)}):
-        rows.parked.setdefault((row["sink"], row["bucket"], row["key"]), []).append(row["seq"])
-    rows.ahead = _ahead(conn, rows, routing)
+    rows.dead_letters = source.dead_letters(seqs)
+    rows.redeliveries = source.redeliveries(e.seq for e in matched)
+    rows.retries = source.retries()
+    rows.parked = source.parked(objects)
+    rows.ahead = _ahead(source, rows, routing)
+    rows.searched_from = source.searched_from()
     return rows
 
 
-def _named(
-    conn: sqlite3.Connection, query: str, params: Mapping[str, Any] | None = None
-) -> sqlite3.Cursor:
-    """A query whose rows are read by column name (the readers' connections are shared:
-    the row factory is the cursor's)."""
-    cursor = conn.cursor()
-    cursor.row_factory = sqlite3.Row
-    return cursor.execute(Q[query], params or {})
+class SqliteSource:
+    """The SQLite log's answers, on a reader connection (relay/queue/queries.sql)."""
 
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
-def _entries(conn: sqlite3.Connection, query: str, params: Mapping[str, Any]) -> list[LogEntry]:
-    return [entry_from_row(row) for row in conn.execute(Q[query], params)]
+    def _named(self, query: str, params: Mapping[str, Any] | None = None) -> sqlite3.Cursor:
+        """Rows read by column name (the readers' connections are shared: the row factory
+        is the cursor's)."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        return cursor.execute(Q[query], params or {})
 
+    def _entries(self, query: str, params: Mapping[str, Any]) -> list[LogEntry]:
+        return [entry_from_row(row) for row in self.conn.execute(Q[query], params)]
 
-def _object(
-    conn: sqlite3.Connection, bucket: str, key: str, from_seq: int, since: float
-) -> list[LogEntry]:
-    params = {"bucket": bucket, "key": key, "from_seq": from_seq, "since": since}
-    return _entries(conn, "trace_object", params)
+    def by_seq(self, seq: int) -> list[LogEntry]:
+        return self._entries("trace_by_seq", {"seq": seq})
+
+    def by_event_id(self, event_id: str) -> list[LogEntry]:
+        return self._entries("trace_by_event_id", {"event_id": event_id})
+
+    def of_object(self, bucket: str, key: str, from_seq: int, since: float) -> list[LogEntry]:
+        params = {"bucket": bucket, "key": key, "from_seq": from_seq, "since": since}
+        return self._entries("trace_object", params)
+
+    def first_seq_since(self, since: float) -> int:
+        return _first_seq_since(self.conn, since)
+
+    def pruned_upto(self) -> int:
+        return int(self.conn.execute(Q["get_pruned_upto"]).fetchone()[0])
+
+    def head(self) -> int:
+        return int(self.conn.execute(Q["max_seq"]).fetchone()[0])
+
+    def cursors(self) -> dict[str, CursorRow]:
+        return {
+            row["sink"]: CursorRow(row["seq"], row["updated_at"], row["paused"])
+            for row in self._named("trace_cursors")
+        }
+
+    def missed(self) -> dict[str, list[Shed]]:
+        out: dict[str, list[Shed]] = {}
+        for row in self._named("trace_missed"):
+            shed = Shed(row["first_seq"], row["last_seq"], row["count"], row["reason"])
+            out.setdefault(row["sink"], []).append(shed)
+        return out
+
+    def dead_letters(self, seqs: Iterable[int]) -> list[DeadLetterRow]:
+        rows = self._named("trace_dead_letters", {"seqs": _ids(seqs)})
+        return [DeadLetterRow(**dict(row)) for row in rows]
+
+    def redeliveries(self, seqs: Iterable[int]) -> dict[tuple[str, int], RedeliveryRow]:
+        return {
+            (row["sink"], row["seq"]): RedeliveryRow(row["reason"], row["newer"])
+            for row in self._named("trace_redeliveries", {"seqs": _ids(seqs)})
+        }
+
+    def retries(self) -> dict[tuple[str, int], Retry]:
+        return {
+            (row["sink"], row["seq"]): Retry(
+                row["seq"], row["attempts"], row["next_at"], row["last_error"]
+            )
+            for row in self._named("trace_retries")
+        }
+
+    def parked(self, objects: Sequence[tuple[str, str]]) -> dict[tuple[str, str, str], list[int]]:
+        out: dict[tuple[str, str, str], list[int]] = {}
+        for row in self._named("trace_parked_objects", {"objects": json.dumps(objects)}):
+            out.setdefault((row["sink"], row["bucket"], row["key"]), []).append(row["seq"])
+        return out
+
+    def entries_between(self, after: int, upto: int) -> list[LogEntry]:
+        return self._entries("entries_between", {"after": after, "upto": upto})
+
+    def count_between(self, after: int, before: int) -> int:
+        params = {"after": after, "before": before}
+        return int(self.conn.execute(Q["count_between"], params).fetchone()[0])
+
+    def searched_from(self) -> int:
+        return 0  # indexes by seq, event id and object: every look-up reads the whole log
 
 
 def _first_seq_since(conn: sqlite3.Connection, since: float) -> int:
@@ -299,7 +392,7 @@ def _first_seq_since(conn: sqlite3.Connection, since: float) -> int:
 
 
 def _ahead(
-    conn: sqlite3.Connection, rows: TraceRows, routing: Routing
+    source: TraceSource, rows: TraceRows, routing: Routing
 ) -> dict[tuple[str, int], tuple[int, bool]]:
     """For each (sink, seq) past the sink's cursor: how many events the rules send to the
     sink lie between its cursor and it (exact), or, past AHEAD_SCAN events to read, how many
@@ -315,18 +408,11 @@ def _ahead(
     low = min(cursor for _, _, cursor in waiting)
     high = max(seq for _, seq, _ in waiting)
     if high - low > AHEAD_SCAN:
-        return {
-            (sink, seq): (
-                int(conn.execute(Q["count_between"], {"after": c, "before": seq}).fetchone()[0]),
-                False,
-            )
-            for sink, seq, c in waiting
-        }
+        return {(sink, seq): (source.count_between(c, seq), False) for sink, seq, c in waiting}
     sinks = {sink: rows.cursors[sink].seq for sink, _, _ in waiting}
     theirs: dict[str, list[int]] = {sink: [] for sink in sinks}
     for start in range(low, high, SCAN_CHUNK):
-        params = {"after": start, "upto": min(start + SCAN_CHUNK, high - 1)}
-        for entry in _entries(conn, "entries_between", params):
+        for entry in source.entries_between(start, min(start + SCAN_CHUNK, high - 1)):
             for sink, cursor in sinks.items():
                 if entry.seq > cursor and routing.routes(sink, entry.event):
                     theirs[sink].append(entry.seq)
@@ -581,11 +667,16 @@ def _nothing(query: TraceQuery, rows: TraceRows) -> list[str]:
                 if m.first_seq <= seq <= m.last_seq:
                     notes.append(f"{sink}: {_shed(m)}")
         return notes
+    searched = (
+        [f"the log has no index by object: only seqs {rows.searched_from}..{rows.head}, the "
+         "newest, were searched"]
+        if rows.searched_from > rows.pruned_upto + 1 else []
+    )  # fmt: skip
     if query.event_id is not None:
         return [f"no event with id {query.event_id} in the log{since}: it never arrived, "
-                "RELAY_INGEST_EVENTS left it out, or retention pruned it"]  # fmt: skip
+                "RELAY_INGEST_EVENTS left it out, or retention pruned it", *searched]  # fmt: skip
     return [f"no event of {query.bucket}/{query.key} in the log{since} (the key is the "
-            "decoded one; retention may have pruned older events)"]  # fmt: skip
+            "decoded one; retention may have pruned older events)", *searched]  # fmt: skip
 
 
 def _attempts(r: Retry) -> str:

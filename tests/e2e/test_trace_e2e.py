@@ -7,6 +7,7 @@ bound with ON_FULL=shed) and stale (STALE=drop). Real webhook receivers on loopb
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.support.bodies import records_body
+from tests.support.nats_cluster import Cluster, drop_log
 from tests.support.receiver import Receiver
 from tests.support.relay_process import RelayProcess
 from tests.support.waiting import eventually
@@ -86,10 +88,25 @@ def states(answer: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
     return {(e["seq"], s["sink"]): s for e in answer["events"] for s in e["sinks"]}
 
 
+@pytest.fixture(params=["sqlite", "jetstream"])
+async def log_env(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """The relay's log: the embedded SQLite one, or a replicated one on the session's
+    3-node JetStream cluster (removed afterwards)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    cluster: Cluster = request.getfixturevalue("log_cluster")
+    name = "trace" + uuid.uuid4().hex[:8]
+    yield {"RELAY_LOG": cluster.urls, "RELAY_LOG_NAME": name, "RELAY_MAX_BYTES": "64MiB"}
+    await drop_log(cluster.urls, name)
+
+
 async def test_trace_says_where_an_event_is_for_every_sink(
-    receivers: dict[str, Receiver], relay_factory: Callable[..., RelayProcess]
+    receivers: dict[str, Receiver],
+    relay_factory: Callable[..., RelayProcess],
+    log_env: dict[str, str],
 ) -> None:
-    relay = await relay_factory(environment(receivers)).start()
+    relay = await relay_factory({**environment(receivers), **log_env}).start(timeout=60)
     await call(relay, "POST", "/admin/api/sinks/webhook:held/pause")
     # seqs 1-5 in one request (a round sees several objects: one failing object is parked),
     # then seq 6: an event of late.pdf older, by its sequencer, than seq 5

@@ -223,3 +223,34 @@ async def test_without_a_quorum_an_append_fails_within_its_bound(tmp_path: Path)
             print(f"\nappend without a quorum failed after {time.monotonic() - started:.1f} s")
         finally:
             await log.close()
+
+
+async def test_trace_finds_an_id_and_an_object_without_an_index_within_its_scan(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RELAY_LOG_DEDUP=window keeps every event on one subject: an id and an object are
+    found by reading the newest events, and a trace that found nothing says how far back it
+    read."""
+    from relay.queue import trace
+    from relay.queue.jetstream import trace as jetstream_trace
+
+    log = make(log_dedup="window")
+    events = [minio_event("b", f"k{n % 4}", n) for n in range(1, 41)]
+    assert (await log.append(events)).accepted == 40
+    routing = trace.Routing(["webhook:a"], lambda sink, event: None)
+
+    async def seqs(text: str) -> list[int]:
+        found = await log.trace(trace.TraceQuery.parse(text), routing)
+        return [e.seq for e in found.events]
+
+    assert await seqs("b/k1") == [1, 5, 9, 13, 17, 21, 25, 29, 33, 37]
+    assert await seqs(events[6].event_id) == [7]
+    [event] = (await log.trace(trace.TraceQuery.parse("12"), routing)).events
+    assert event.sinks[0].state == "waiting"  # the sink has no cursor yet
+    monkeypatch.setattr(jetstream_trace, "SCAN", 10)
+    assert await seqs("b/k1") == [33, 37]  # seqs 31..40 read
+    assert await seqs(events[6].event_id) == []
+    found = await log.trace(trace.TraceQuery.parse("b/k9"), routing)
+    assert found.notes[1] == (
+        "the log has no index by object: only seqs 31..40, the newest, were searched"
+    )

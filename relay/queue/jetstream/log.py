@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -71,6 +71,9 @@ from relay.queue.log import (
     SinkState,
 )
 from relay.queue.stats import Orphan, SinkStats
+
+if TYPE_CHECKING:
+    from relay.queue.trace import Routing, Trace, TraceQuery
 
 log = logging.getLogger("relay.log")
 T = TypeVar("T")
@@ -855,7 +858,7 @@ class JetStreamLog:
 
     # -- the operator --------------------------------------------------------------------------
 
-    async def _dead_records(self) -> list[tuple[str, records.DeadRecord]]:
+    async def dead_records(self) -> list[tuple[str, records.DeadRecord]]:
         await self._ready()
         assert self._dead_kv is not None
         try:
@@ -923,7 +926,7 @@ class JetStreamLog:
         await self._ready()
         assert self._sinks_kv is not None and self._dead_kv is not None
         doc, revision = await self._read_doc(sink)
-        dead = [k for k, r in await self._dead_records() if r.sink == sink]
+        dead = [k for k, r in await self.dead_records() if r.sink == sink]
         for key in dead:
             await self._dead_kv.delete(key)
         if revision:
@@ -935,11 +938,11 @@ class JetStreamLog:
     async def dead_letters(
         self, which: DeadLetterFilter | None = None, limit: int = -1
     ) -> list[DeadLetter]:
-        out = [_dead_letter(r) for _, r in await self._dead_records() if _matches(r, which)]
+        out = [_dead_letter(r) for _, r in await self.dead_records() if _matches(r, which)]
         return out if limit < 0 else out[:limit]
 
     async def dead_letter(self, dlq_id: int) -> dict[str, Any]:
-        for _, r in await self._dead_records():
+        for _, r in await self.dead_records():
             if r.id == dlq_id:
                 letter = _dead_letter(r)
                 return {
@@ -971,7 +974,7 @@ class JetStreamLog:
         log does not read the sink's later events of the object for it."""
         assert self._dead_kv is not None or await self._ready()
         assert self._dead_kv is not None
-        chosen = [(k, r) for k, r in await self._dead_records() if _matches(r, which)]
+        chosen = [(k, r) for k, r in await self.dead_records() if _matches(r, which)]
         for done, (key, record) in enumerate(chosen, 1):
             target = to or record.sink
 
@@ -991,7 +994,7 @@ class JetStreamLog:
         return len(chosen)
 
     async def purge_dead_letters(self, which: DeadLetterFilter | None) -> int:
-        chosen = [k for k, r in await self._dead_records() if _matches(r, which)]
+        chosen = [k for k, r in await self.dead_records() if _matches(r, which)]
         assert self._dead_kv is not None
         for key in chosen:
             await self._dead_kv.delete(key)
@@ -1105,11 +1108,41 @@ class JetStreamLog:
         doc, _ = await self._read_doc(sink)
         return set(doc.queued)
 
-    async def trace(self, query: Any, routing: Any) -> Any:
-        raise admin.AdminError(
-            "trace is not available on the replicated log (RELAY_LOG=nats://): use "
-            "`relay dlq list`, `relay queue stats` and the live tail"
-        )
+    async def trace(self, query: TraceQuery, routing: Routing) -> Trace:
+        """The rows read on a thread of the operator's (relay/queue/jetstream/trace.py); the
+        trace built from them here."""
+        from relay.queue import trace
+        from relay.queue.jetstream.trace import JetStreamSource
+
+        await self._ready()
+
+        def read() -> trace.TraceRows:
+            return trace.read(JetStreamSource(self, routing.sinks), query, routing)
+
+        rows = await asyncio.to_thread(read)
+        return trace.build(query, rows, routing)
+
+    async def stream_bounds(self) -> tuple[int, int]:
+        """The first and the last seq the events' stream holds (first > last: empty)."""
+        js = await self._ready()
+        info = await js.stream_info(self.names.events)
+        self._counts(info)
+        return int(info.state.first_seq), int(info.state.last_seq)
+
+    async def sink_document(self, sink: str) -> state.SinkDoc | None:
+        """A sink's document as stored (None: the sink never had one)."""
+        doc, revision = await self._read_doc(sink)
+        return doc if revision else None
+
+    async def entry_of_id(self, event_id: str) -> LogEntry | None:
+        """With RELAY_LOG_DEDUP=stream, the event stored under its id's subject."""
+        js = await self._ready()
+        subject = self.names.event_subject(_subject_id(event_id))
+        try:
+            msg = await js.get_last_msg(self.names.events, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return records.decode_entry(int(msg.seq or 0), msg.data or b"")
 
     async def oldest_received(self) -> float | None:
         first = await self._read(1, 1)
