@@ -234,6 +234,16 @@ def newer_tokens(
             {"sink": sink, "after": min(seqs), "objects": json.dumps(objects)},
         )
     ]
+    return newest_since(again, later, accept)
+
+
+def newest_since(
+    again: Sequence[LogEntry],
+    later: Iterable[LogEntry],
+    accept: Callable[[LogEntry], bool] | None = None,
+) -> dict[int, str | None]:
+    """For each event of `again`, the newest order token among the events of its object in
+    `later` (what the sink has had) that came after it (None: nothing newer)."""
     tokens: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for entry in later:
         token = order_token(entry.event)

@@ -13,13 +13,14 @@ configured (an orphan), and forgetting one.
   away is announced by a marker (reason `sink_removed`), not skipped in silence; with
   `earliest` it resumes from its old cursor (a pruned part of that is marked too).
 
-Every function here runs inside the caller's transaction.
+The SQLite log's functions here run inside the caller's transaction; `place` and `removed`
+decide for both logs.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from relay.queue.queries import Q
@@ -35,21 +36,28 @@ class Started:
 def start_sinks(conn: sqlite3.Connection, starts: Mapping[str, str | float], now: float) -> Started:
     """Place every configured sink's cursor; mark the others orphaned."""
     rows = {sink: (seq, orphaned_at) for sink, seq, orphaned_at in conn.execute(Q["cursor_rows"])}
+    head = int(conn.execute(Q["max_seq"]).fetchone()[0])
+    oldest = conn.execute(Q["oldest_event"]).fetchone()
+
+    def before(since: float) -> int:
+        return int(conn.execute(Q["seq_before_time"], {"since": since}).fetchone()[0])
+
     started = Started()
     for sink, start in starts.items():
         row = rows.get(sink)
         if row is not None and row[1] is None:
             continue  # carries on from its cursor
         old = row[0] if row is not None else None
-        position = _position(conn, start, old)
+        position = place(start, old, head, tuple(oldest) if oldest else None, before)
         if old is not None:
             started.returned.append(sink)
             conn.execute(Q["forget_parked"], {"sink": sink})
             conn.execute(Q["forget_retries"], {"sink": sink})
-            if start == "latest" and old < position:
+            away = removed(start, old, position)
+            if away is not None:
                 conn.execute(
                     Q["insert_missed"],
-                    {"sink": sink, "first_seq": old + 1, "last_seq": position, "count": None,
+                    {"sink": sink, "first_seq": away[0], "last_seq": away[1], "count": None,
                      "first_at": None, "last_at": None, "reason": "sink_removed"},
                 )  # fmt: skip
         else:
@@ -63,9 +71,16 @@ def start_sinks(conn: sqlite3.Connection, starts: Mapping[str, str | float], now
     return started
 
 
-def _position(conn: sqlite3.Connection, start: str | float, old: int | None) -> int:
-    head = int(conn.execute(Q["max_seq"]).fetchone()[0])
-    oldest = conn.execute(Q["oldest_event"]).fetchone()
+def place(
+    start: str | float,
+    old: int | None,
+    head: int,
+    oldest: tuple[int, float] | None,
+    before: Callable[[float], int],
+) -> int:
+    """Where a sink's cursor starts: `old` its cursor from before it was removed (None: a
+    new sink), `head` the newest seq, `oldest` the (seq, received_at) of the oldest event
+    kept, `before(t)` the seq just before the first event received at t or later."""
     if start == "latest":
         return head
     if start == "earliest":
@@ -74,7 +89,12 @@ def _position(conn: sqlite3.Connection, start: str | float, old: int | None) -> 
     assert isinstance(start, float)
     if oldest is not None and start < oldest[1] and oldest[0] > 1:
         return 0  # before what retention kept: the dispatcher marks the pruned range
-    return int(conn.execute(Q["seq_before_time"], {"since": start}).fetchone()[0])
+    return before(start)
+
+
+def removed(start: str | float, old: int, position: int) -> tuple[int, int] | None:
+    """The seqs a returning sink skips (first, last), for its `sink_removed` marker."""
+    return (old + 1, position) if start == "latest" and old < position else None
 
 
 def forget(conn: sqlite3.Connection, sink: str) -> dict[str, int]:

@@ -254,3 +254,56 @@ async def test_trace_finds_an_id_and_an_object_without_an_index_within_its_scan(
     assert found.notes[1] == (
         "the log has no index by object: only seqs 31..40, the newest, were searched"
     )
+
+
+async def test_a_retry_and_a_replay_carry_the_stale_checks_token(make: Make) -> None:
+    """What the sink has had of an object since an event: the newest order token, so
+    delivery can tell the event sent again is stale."""
+    from relay.events import order_token
+
+    log = make()
+    await log.init_cursors({"webhook:t": "earliest", "webhook:u": "earliest"})
+    events = [minio_event("b", "k1", 1), minio_event("b", "k2", 2), minio_event("b", "k1", 3)]
+    await log.append(events)
+    for sink in ("webhook:t", "webhook:u"):
+        assert await log.hold(sink)
+    await log.settle(Settlement("webhook:t", cursor=3, dead=[(1, 1, "HTTP 400")]))
+    await log.settle(Settlement("webhook:u", cursor=3))
+    assert await log.retry_dead_letters(DeadLetterFilter(sink="webhook:t")) == 1
+    assert await log.replay("webhook:u", 0, time.time() + 60, "b", None, lambda e: True) == (3, 3)
+
+    async def newer(sink: str) -> dict[int, str | None]:
+        queued = await asyncio.to_thread(log.redeliveries, sink, 10)
+        return {e.seq: token for e, token in queued}
+
+    newest = order_token(events[2])
+    assert newest is not None and newest > (order_token(events[0]) or "")
+    await eventually(lambda: newer("webhook:t"), timeout=5)
+    assert await newer("webhook:t") == {1: newest}
+    assert await newer("webhook:u") == {1: newest, 2: None, 3: None}
+
+
+async def test_a_sink_configured_again_is_told_what_it_missed_and_earliest_resumes(
+    make: Make,
+) -> None:
+    """As on SQLite (tests/unit/test_sink_life_cycle.py): START=latest skips what arrived
+    while the sink was away with a `sink_removed` marker; START=earliest resumes from its
+    old cursor."""
+    log = make()
+    await log.append([minio_event("b", f"k{n}", n) for n in range(3)])
+    await log.init_cursors({"webhook:w": "latest", "webhook:e": "earliest"})
+    assert await log.hold("webhook:w") and await log.hold("webhook:e")
+    await log.settle(Settlement("webhook:w", cursor=3, park=[3]))
+    await log.settle(Settlement("webhook:e", cursor=2))
+    started = await log.init_cursors({"webhook:other": "latest"})  # both removed
+    assert sorted(started.orphaned) == ["webhook:e", "webhook:w"]
+    await log.append([minio_event("b", f"later{n}", 10 + n) for n in range(4)])  # seqs 4-7
+    started = await log.init_cursors({"webhook:w": "latest", "webhook:e": "earliest",
+                                      "webhook:other": "latest"})  # fmt: skip
+    assert sorted(started.returned) == ["webhook:e", "webhook:w"]
+    doc = await log.sink_document("webhook:w")
+    assert doc is not None and doc.cursor == 7 and doc.queued == {}
+    assert [(m.first_seq, m.last_seq, m.count, m.reason) for m in doc.markers] == [
+        (4, 7, None, "sink_removed")]  # fmt: skip
+    again = await log.sink_document("webhook:e")
+    assert again is not None and again.cursor == 2 and again.markers == []

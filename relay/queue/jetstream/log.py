@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -51,7 +52,7 @@ from tenacity import (
 )
 
 from relay.config import Settings
-from relay.events import Event
+from relay.events import Event, lane
 from relay.queue import admin, lifecycle
 from relay.queue.admin import DeadLetter, DeadLetterFilter, QuarantineRetry, RetryPlan
 from relay.queue.backend import LeaseLost, LogUnavailable
@@ -93,6 +94,11 @@ CLOCK_SKEW = 5.0  # a time-based read starts this much earlier: relay and server
 # (OPEN_REQUEST_TIMEOUT) until OPEN_TIMEOUT, so only a cluster that stays unready stops it,
 # with the last thing it answered.
 OPEN_TIMEOUT = 30.0
+SCAN_CHUNK = 5_000  # events read at a time by a search of the stream
+# events before a sink's cursor read for the stale check of a retry or a replay: the newest
+# of the object's events the sink has had are what make it stale, and an operator's command
+# should not read a stream of millions
+STALE_SCAN = 200_000
 OPEN_REQUEST_TIMEOUT = 4.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 # what a full stream answers (discard new): JSStreamStoreFailedF with the limit's words
@@ -733,24 +739,38 @@ class JetStreamLog:
         self._counts(info)
         started = lifecycle.Started()
         now = time.time()
+        head = int(info.state.last_seq)
+        kept = await self._get([info.state.first_seq]) if info.state.messages else []
+        oldest = (kept[0].seq, kept[0].received_at) if kept else None
+        befores: dict[float, int] = {}
+        for since in {float(s) for s in starts.values() if not isinstance(s, str)}:
+            found = await self._first_seq_since(since)
+            befores[since] = found - 1 if found is not None else head
         for sink, start in starts.items():
             doc, revision = await self._read_doc(sink)
             if revision and doc.orphaned_at is None:
                 continue
-            if start == "latest":
-                cursor = info.state.last_seq
-            elif start == "earliest":
-                cursor = info.state.first_seq - 1 if info.state.messages else info.state.last_seq
-            else:
-                first = await self._first_seq_since(float(start))
-                cursor = (first - 1) if first is not None else info.state.last_seq
+            old = doc.cursor if revision else None
+            cursor = lifecycle.place(start, old, head, oldest, befores.__getitem__)
+            away = lifecycle.removed(start, old, cursor) if old is not None else None
 
-            def place(d: state.SinkDoc, cursor: int = cursor) -> None:
+            def restart(
+                d: state.SinkDoc,
+                cursor: int = cursor,
+                away: tuple[int, int] | None = away,
+                sink: str = sink,
+            ) -> None:
                 if d.orphaned_at is not None or not d.cursor_at:
                     d.cursor, d.cursor_at, d.orphaned_at = cursor, now, None
-                    d.retries, d.queued = {}, {}
+                    # its previous life's schedules and parked events go; a dead letter
+                    # retried or a replay queued for it still goes out
+                    d.retries = {}
+                    d.queued = {s: q for s, q in d.queued.items() if q.reason != "parked"}
+                    if away is not None:
+                        missed = Missed(away[0], away[1], None, None, None, "sink_removed")
+                        state.apply(d, Settlement(sink, missed=missed), now)
 
-            await self._change(sink, place)
+            await self._change(sink, restart)
             (started.returned if revision else started.new).append(sink)
         with contextlib.suppress(nats.js.errors.NoKeysError):
             for key in await self._sinks_kv.keys():
@@ -969,20 +989,33 @@ class JetStreamLog:
         routes: admin.Routes | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        """Queued for the target sink (its document), the dead letter marked as being
-        retried until that redelivery is finished. No stale check's token: the replicated
-        log does not read the sink's later events of the object for it."""
+        """Queued for the target sink (its document) with the stale check's token, the
+        dead letter marked as being retried until that redelivery is finished."""
         assert self._dead_kv is not None or await self._ready()
         assert self._dead_kv is not None
-        chosen = [(k, r) for k, r in await self.dead_records() if _matches(r, which)]
+        every = await self.dead_records()
+        chosen = [(k, r) for k, r in every if _matches(r, which)]
+        again: dict[str, list[LogEntry]] = {}
+        for _, r in chosen:
+            if r.event is not None:
+                again.setdefault(to or r.sink, []).append(LogEntry(r.seq, r.received_at, r.event))
+        newer: dict[tuple[str, int], str | None] = {}
+        for target, entries in again.items():
+            dead = {r.seq for _, r in every if r.sink == target}
+            accept = functools.partial(routes, target) if routes else None
+            tokens = await self._newer_tokens(target, entries, dead, accept)
+            newer.update({(target, seq): token for seq, token in tokens.items()})
         for done, (key, record) in enumerate(chosen, 1):
             target = to or record.sink
 
-            def queue(d: state.SinkDoc, seq: int = record.seq, key: str = key) -> None:
+            def queue(
+                d: state.SinkDoc, seq: int = record.seq, key: str = key,
+                token: str | None = newer.get((target, record.seq)),
+            ) -> None:  # fmt: skip
                 current = d.queued.get(seq)
                 letters = [*(current.letters if current else []), key]
                 d.queued[seq] = state.Queued(current.reason if current else "dlq-retry",
-                                             None, letters)  # fmt: skip
+                                             token, letters)  # fmt: skip
 
             await self._change(target, queue)
             record.retrying_to = target
@@ -1059,7 +1092,7 @@ class JetStreamLog:
         accept: Callable[[LogEntry], bool],
         progress: Callable[[int, int], None] | None = None,
     ) -> tuple[int, int]:
-        seqs = []
+        chosen = []
         async for entry in self.received_between(since, until):
             e = entry.event
             if bucket is not None and e.bucket != bucket:
@@ -1067,14 +1100,17 @@ class JetStreamLog:
             if prefix is not None and not e.key.startswith(prefix):
                 continue
             if accept(entry):
-                seqs.append(entry.seq)
+                chosen.append(entry)
+        seqs = [e.seq for e in chosen]
+        dead = {r.seq for _, r in await self.dead_records() if r.sink == sink}
+        newer = await self._newer_tokens(sink, chosen, dead, accept)
         queued = 0
 
         def queue(d: state.SinkDoc) -> int:
             n = 0
             for seq in seqs:
                 if seq not in d.queued:
-                    d.queued[seq] = state.Queued("replay")
+                    d.queued[seq] = state.Queued("replay", newer.get(seq))
                     n += 1
             return n
 
@@ -1084,6 +1120,41 @@ class JetStreamLog:
         if progress:
             progress(len(seqs), len(seqs))
         return len(seqs), queued
+
+    async def _newer_tokens(
+        self,
+        sink: str,
+        again: Sequence[LogEntry],
+        dead: set[int],
+        accept: Callable[[LogEntry], bool] | None,
+    ) -> dict[int, str | None]:
+        """The stale check's tokens of events about to be sent to `sink` again (admin.py
+        `newer_tokens`): what the sink has had of their objects since, up to its cursor,
+        neither dead-lettered (`dead`) nor waiting to be sent again, still in the stream
+        and among the STALE_SCAN events before the cursor."""
+        if not again:
+            return {}
+        doc, _ = await self._read_doc(sink)
+        first, _ = await self.stream_bounds()
+        objects = {lane(e.event) for e in again}
+        after = max(min(e.seq for e in again), first - 1, doc.cursor - STALE_SCAN)
+        later = await self.scan(
+            after, doc.cursor,
+            lambda e: lane(e.event) in objects and e.seq not in dead and e.seq not in doc.queued,
+        )  # fmt: skip
+        return admin.newest_since(again, later, accept)
+
+    async def scan(self, after: int, upto: int, keep: Callable[[LogEntry], bool]) -> list[LogEntry]:
+        """The events past `after` up to `upto` that `keep` keeps, read SCAN_CHUNK at a time
+        (the stream has no index but seq: a search by object or by id reads it)."""
+        out: list[LogEntry] = []
+        while after < upto:
+            chunk = await self._read(after + 1, min(SCAN_CHUNK, upto - after))
+            if not chunk:
+                break
+            out += [e for e in chunk if e.seq <= upto and keep(e)]
+            after = chunk[-1].seq
+        return out
 
     async def page(self, after: int, limit: int) -> list[LogEntry]:
         return await self._read(after + 1, limit)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from relay.events import lane
 from relay.queue.log import LogEntry
 from relay.queue.trace import (
-    SCAN_CHUNK,
     SINCE_SLACK,
     CursorRow,
     DeadLetterRow,
@@ -48,15 +47,10 @@ class JetStreamSource:
 
     def _scan(self, from_seq: int, keep: Callable[[LogEntry], bool]) -> list[LogEntry]:
         """The events from `from_seq` on (the newest SCAN at most) that `keep` keeps."""
-        out = []
         if from_seq < self.scan_from and self.scan_from > self.first:
             self.scanned_from = self.scan_from
         after = max(from_seq, self.scan_from) - 1
-        while after < self.last:
-            upto = min(after + SCAN_CHUNK, self.last)
-            out += [e for e in self.log.entries_between(after, upto) if keep(e)]
-            after = upto
-        return out
+        return self.log._call(self.log.scan(after, self.last, keep))
 
     def by_seq(self, seq: int) -> list[LogEntry]:
         return self.log.entries([seq])
