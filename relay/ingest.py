@@ -25,7 +25,7 @@ from relay import metrics, signing
 from relay.config import ConfigError, Settings
 from relay.events import Event, Unparseable, parse_body
 from relay.processes.board import View
-from relay.queue.backend import LogBackend
+from relay.queue.backend import EventTooLarge, LogBackend
 from relay.rules import EventSet, compile_event_patterns
 
 log = logging.getLogger("relay.ingest")
@@ -246,6 +246,9 @@ async def receive(request: web.Request) -> web.Response:
     started = time.perf_counter()
     try:
         result = await event_log.append(events)
+    except EventTooLarge as exc:  # a retry cannot help: the body must change, or the servers
+        log.error("append refused", extra={"error": str(exc), "source": source})
+        return _reject("too_large", 413, str(exc))
     except Exception as exc:  # disk full, I/O error, shutting down (LogClosed)
         log.error("append failed", extra={"error": str(exc), "source": source})
         return _reject(

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import pipeline
-from tests.support.nats_cluster import Cluster, nats_cluster
+from tests.support.nats_cluster import Cluster, drop_log, nats_cluster
 from tests.support.receiver import Receiver
 from tests.support.relay_process import RelayProcess
 
@@ -42,13 +42,16 @@ def log_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture(params=["sqlite", "jetstream"])
-def log_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+async def log_backend(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """Runs a test once per log: the pipelines it makes (tests/support/pipeline.py) use
-    SQLite, then a replicated JetStream log on a 3-node cluster."""
+    SQLite, then a replicated JetStream log on a 3-node cluster (dropped after the test)."""
     if request.param == "jetstream":
         cluster: Cluster = request.getfixturevalue("log_cluster")
         pipeline.LOG_SERVERS = cluster.urls
     try:
         yield request.param
     finally:
-        pipeline.LOG_SERVERS = ""
+        servers, pipeline.LOG_SERVERS = pipeline.LOG_SERVERS, ""
+        for name in sorted(pipeline.MADE):
+            await drop_log(servers, name)
+        pipeline.MADE.clear()

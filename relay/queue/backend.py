@@ -66,6 +66,11 @@ class LogUnavailable(Exception):
     unreachable): ingest answers 503 + Retry-After; at start, the relay exits saying so."""
 
 
+class EventTooLarge(Exception):
+    """An event bigger than the log can store in one message (the NATS servers'
+    max_payload): ingest answers 413, as for a body over RELAY_MAX_BODY."""
+
+
 class LogBackend(Protocol):
     # -- read on every request: kept current by the backend ------------------------------------
     events: int  # events in the log

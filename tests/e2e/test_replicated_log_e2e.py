@@ -305,3 +305,25 @@ async def test_dead_letters_parked_keys_and_retries_survive_the_replica_that_del
     survivor.cli("dlq", "retry", "--all")
     await eventually(lambda: keys(receiver)["fails/bad"] >= 1, timeout=60)
     await eventually(lambda: "bad" not in survivor.cli("dlq", "list").stdout, timeout=30)
+
+
+async def test_an_event_over_the_servers_max_payload_is_refused_with_413_and_nothing_stored(
+    replicas: Callable[..., list[RelayProcess]],
+) -> None:
+    """RELAY_MAX_BODY above what a NATS server takes in a message (max_payload, 1 MiB by
+    default): the event can never be stored, so the answer is 413 (a 503 would have the
+    sender retry for ever), saying which limit to change; the body's other events are not
+    stored either."""
+    [relay] = replicas(1, RELAY_MAX_BODY="4MiB")
+    await relay.start(timeout=60)
+    record = json.loads(minio_body("photos", "big.jpg", 1))["Records"][0]
+    record["s3"]["object"]["userMetadata"] = {"X-Amz-Meta-Pad": "x" * (1536 * 1024)}
+    small = json.loads(minio_body("photos", "small.jpg", 2))["Records"][0]
+    body = json.dumps({"EventName": "s3:ObjectCreated:Put", "Key": "photos/big.jpg",
+                       "Records": [small, record]}).encode()  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        async with session.post(relay.url + "/", data=body, headers=AUTH) as answer:
+            assert answer.status == 413
+            assert "max_payload" in (await answer.json())["error"]
+    trace = relay.cli("trace", "photos/small.jpg", check=False)
+    assert trace.returncode == 1 and trace.stdout.startswith("no event of photos/small.jpg")

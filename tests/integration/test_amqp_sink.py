@@ -23,7 +23,6 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from relay import metrics, sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
-from relay.queue import stats
 from relay.queue.log import LogEntry
 from relay.sinks import redact
 from relay.sinks.amqp import AmqpSink
@@ -34,7 +33,7 @@ from tests.support.rabbit import PrivateRabbit
 from tests.support.relay_process import free_port
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("log_backend")]
 
 SHARED_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -112,8 +111,8 @@ def assert_per_object_order(messages: list[AbstractIncomingMessage], events: lis
 
 
 async def retry_error(pipe: Pipeline) -> str:
-    row = await pipe.log.read(lambda c: c.execute("SELECT last_error FROM retries").fetchone())
-    return row[0] if row else ""
+    errors = await pipe.retry_errors()
+    return errors[0] if errors else ""
 
 
 async def test_amqp_delivers_body_properties_headers_in_order(
@@ -272,7 +271,7 @@ def resends(sink: str) -> float:
 
 
 async def parked(pipe: Pipeline) -> int:
-    return await pipe.log.read(lambda c: stats.sink_stats(c, pipe.sink.name).parked)
+    return await pipe.parked()
 
 
 async def test_amqp_missing_exchange_is_retried_then_delivered(

@@ -17,7 +17,7 @@ from tests.support.pipeline import minio_event, pipeline
 from tests.support.receiver import Receiver
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("log_backend")]
 
 
 def env(url: str, **keys: str) -> dict[str, str]:
@@ -62,8 +62,9 @@ async def test_a_rate_limit_paces_a_drain_and_keeps_its_order(
         await pipe.append([minio_event("b", f"k{n % 7}", n) for n in range(400)])
         got = await receiver.wait_for(400, timeout=60)
         await pipe.settled()
-    # 380 events past the burst at 200/s cannot arrive in less than 1.9 s
-    assert got[-1].at - got[0].at >= 1.9
+    # 380 events past the burst at 200/s cannot be sent in less than 1.9 s; received, the
+    # first may have taken a little longer on its way than the last
+    assert got[-1].at - got[0].at >= 1.8
     keys = [r.json()["Key"] for r in got]
     sizes = [r.json()["Records"][0]["s3"]["object"]["size"] for r in got]
     for k in range(7):  # each object's events in the order they were appended

@@ -26,7 +26,7 @@ from tests.support.pipeline import minio_event, pipeline
 from tests.support.servers import mosquitto, require_server, tls_files
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("log_backend")]
 
 START_SHARED = "mosquitto -d -c /etc/mosquitto/mosquitto.conf"
 

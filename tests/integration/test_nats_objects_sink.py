@@ -26,7 +26,6 @@ from nats.js.object_store import ObjectStore
 from relay import sinks
 from relay.audit import verify
 from relay.config import load_sinks
-from relay.queue import stats
 from relay.queue.log import LogEntry
 from relay.sinks import auditlog
 from tests.support.pipeline import minio_event, pipeline
@@ -38,7 +37,7 @@ from tests.support.servers import (
 )
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("log_backend")]
 
 SHARED = "nats://127.0.0.1:4222"
 START_SHARED = (
@@ -92,8 +91,9 @@ async def test_batches_become_objects_named_and_digested_as_written(
 ) -> None:
     events = [minio_event("photos" if n % 2 else "docs", f"dir/k {n}.txt", n) for n in range(24)]
     async with asyncio.timeout(30):
-        async with pipeline(tmp_path, env(SHARED, bucket, COMPRESSION="gzip")) as pipe:
-            await pipe.append(events)
+        async with pipeline(tmp_path, env(SHARED, bucket, COMPRESSION="gzip"), start=False) as pipe:
+            await pipe.append(events)  # all of them in the sink's first round
+            pipe.start()
             await pipe.settled()
             entries = await asyncio.to_thread(pipe.log.entries_after, 0, 100)
         store = await shared.jetstream().object_store(bucket)  # created by the sink
@@ -282,8 +282,7 @@ async def test_one_object_refused_waits_while_the_others_are_written_once(tmp_pa
                 photos = sum(1 for e in entries if e.event.bucket == "photos")
 
                 async def photos_parked() -> bool:
-                    stats_ = await pipe.log.read(lambda c: stats.sink_stats(c, pipe.sink.name))
-                    return stats_.parked == photos
+                    return await pipe.parked() == photos
 
                 await eventually(photos_parked, timeout=30)
                 reloaded = reloads(server)

@@ -23,7 +23,6 @@ from nats.js.errors import NotFoundError
 from relay import cli, metrics, sinks
 from relay.config import ConfigError, load_sinks
 from relay.events import Event
-from relay.queue import stats
 from relay.sinks import redact
 from relay.sinks.base import Retryable
 from tests.support.pipeline import minio_event, pipeline
@@ -36,7 +35,7 @@ from tests.support.servers import (
 )
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("log_backend")]
 
 SHARED = "nats://127.0.0.1:4222"
 START_SHARED = (
@@ -347,12 +346,10 @@ async def test_one_subject_refusing_parks_its_objects_and_each_object_stays_in_o
             while_blocked = await eventually(docs_stored, timeout=20)
 
             async def photos_parked() -> int:
-                return await pipe.log.read(lambda c: stats.sink_stats(c, pipe.sink.name).parked)
+                return await pipe.parked()
 
             parked = await eventually(photos_parked, timeout=10)
-            errors = await pipe.log.read(
-                lambda c: [r[0] for r in c.execute("SELECT last_error FROM retries")]
-            )
+            errors = await pipe.retry_errors()
             await shared.jetstream().purge_stream(stream, subject=blocked)
             await pipe.settled(timeout=30)
             assert await pipe.dead_letters() == []

@@ -20,11 +20,10 @@ import pytest
 
 from relay import metrics, sinks
 from relay.config import load_sinks
-from relay.queue import admin
 from tests.support.pipeline import minio_event, pipeline
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("log_backend")]
 
 OBJECTS = 8
 ROUNDS = 6
@@ -240,9 +239,7 @@ async def test_a_retried_older_put_never_brings_back_a_deleted_row(
         assert await server.rows(table) == {}
 
         await server.sql(server.unrefuse.format(t=table))
-        queued = await pipe.log.write(
-            lambda c: admin.retry_dead_letters_tx(c, None, spec.name), wakes=True
-        )
+        queued = await pipe.log.retry_dead_letters(None, spec.name)
         assert queued == 1
         await pipe.settled()
         assert await pipe.dead_letters() == []

@@ -7,7 +7,7 @@ tests/conftest.py sets it): then a replicated JetStream log of its own on them."
 from __future__ import annotations
 
 import asyncio
-import uuid
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +25,6 @@ from relay.rules import Router, Rule
 from relay.sinks import redact
 from relay.sinks.base import Sink
 from tests.support.bodies import minio_body
-from tests.support.nats_cluster import drop_log
 from tests.support.waiting import eventually
 
 
@@ -36,16 +35,22 @@ def minio_event(bucket: str, key: str, n: int, event: str = "s3:ObjectCreated:Pu
 
 # NATS servers of a replicated log for the pipelines made now ("": SQLite)
 LOG_SERVERS = ""
+# the replicated logs made, which the `log_backend` fixture drops after the test
+MADE: set[str] = set()
 
 
 def open_test_log(path: Path) -> LogBackend:
-    """The SQLite log at `path`, or (LOG_SERVERS) a JetStream log of a name of its own."""
+    """The SQLite log at `path`, or (LOG_SERVERS) the JetStream log named after `path`: a
+    pipeline made again on the same path finds the events, as a relay restarted on its data
+    directory does."""
     if not LOG_SERVERS:
         sqlite = Log(path)
         sqlite.open()
         return sqlite
+    name = "p" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    MADE.add(name)
     settings = load_settings({
-        "RELAY_LOG": LOG_SERVERS, "RELAY_LOG_NAME": "p" + uuid.uuid4().hex[:12],
+        "RELAY_LOG": LOG_SERVERS, "RELAY_LOG_NAME": name,
         "RELAY_MAX_BYTES": "16MiB", "RELAY_LOG_LEASE": "3s",
     })  # fmt: skip
     replicated = JetStreamLog(settings)
@@ -58,6 +63,12 @@ class Pipeline:
     log: LogBackend
     sink: Sink
     dispatcher: Dispatcher
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """The dispatcher starts (`pipeline(start=False)`: once the test appended what it
+        wants in one round)."""
+        self.task = asyncio.create_task(self.dispatcher.run())
 
     async def append(self, events: Sequence[Event]) -> None:
         await self.log.append(events)
@@ -65,16 +76,27 @@ class Pipeline:
     async def stats(self) -> stats.SinkStats:
         return (await self.log.sink_stats([self.sink.name]))[0]
 
-    async def retries(self) -> int:
-        """Events of the sink with a retry schedule."""
+    async def retry_errors(self) -> list[str]:
+        """The last error of each event of the sink with a retry schedule."""
         if isinstance(self.log, Log):
             sqlite = self.log
-            return int(await sqlite.read(
-                lambda c: c.execute("SELECT count(*) FROM retries").fetchone()[0]
+            return list(await sqlite.read(
+                lambda c: [r[0] for r in c.execute("SELECT last_error FROM retries")]
             ))  # fmt: skip
         assert isinstance(self.log, JetStreamLog)
-        doc, _ = await self.log._read_doc(self.sink.name)
-        return len(doc.retries)
+        doc = await self.log.sink_document(self.sink.name)
+        return [r.error for r in doc.retries.values()] if doc else []
+
+    async def retries(self) -> int:
+        """Events of the sink with a retry schedule."""
+        return len(await self.retry_errors())
+
+    async def parked(self) -> int:
+        return (await self.stats()).parked
+
+    async def seqs_of(self, key: str) -> list[int]:
+        """The seqs of the events of `key` (any bucket) in the log."""
+        return [e.seq for e in await self.log.page(0, 100_000) if e.event.key == key]
 
     async def settled(self, timeout: float = 30.0) -> None:
         """Wait until nothing is pending for the sink (delivered or dead-lettered)."""
@@ -105,17 +127,17 @@ async def pipeline(
     dispatcher = Dispatcher(
         sink, log, Router(rules, [spec.name]), Policy.from_spec(spec, sink), redact.for_spec(spec)
     )
-    task = asyncio.create_task(dispatcher.run()) if start else None
+    pipe = Pipeline(log, sink, dispatcher)
+    if start:
+        pipe.start()
     try:
-        yield Pipeline(log, sink, dispatcher)
+        yield pipe
     finally:
         dispatcher.stop()
-        if task is not None:
+        if pipe.task is not None:
             try:
-                await asyncio.wait_for(task, 15)
+                await asyncio.wait_for(pipe.task, 15)
             except TimeoutError:
-                task.cancel()
+                pipe.task.cancel()
         await sink.close()
         await log.close()
-        if isinstance(log, JetStreamLog):
-            await drop_log(LOG_SERVERS, log.names.prefix)

@@ -55,7 +55,7 @@ from relay.config import Settings
 from relay.events import Event, lane
 from relay.queue import admin, lifecycle
 from relay.queue.admin import DeadLetter, DeadLetterFilter, QuarantineRetry, RetryPlan
-from relay.queue.backend import LeaseLost, LogUnavailable
+from relay.queue.backend import EventTooLarge, LeaseLost, LogUnavailable
 from relay.queue.jetstream import records, state
 from relay.queue.jetstream.connect import Names, connect
 from relay.queue.jetstream.leases import Leases
@@ -454,16 +454,24 @@ class JetStreamLog:
         never completes the future, which would turn a refusal into a timeout."""
         js = await self._ready()
         now = time.time()
+        encoded = [records.encode_event(event, now) for event in events]
+        limit = self._nc.max_payload if self._nc is not None else 0
+        too_big = max((len(data) for data in encoded), default=0)
+        if limit and too_big > limit:  # a publish would fail after the events before it
+            raise EventTooLarge(
+                f"an event of {too_big} bytes is over the NATS servers' max_payload ({limit} "
+                "bytes): raise max_payload on the servers or lower RELAY_MAX_BODY"
+            )
         accepted = duplicates = 0
         try:
             async with asyncio.timeout(self.publish_timeout):
-                for event in events:
+                for event, data in zip(events, encoded, strict=True):
                     try:
                         ack = await js.publish(
                             self.names.event_subject(
                                 _subject_id(event.event_id) if self.per_id else "all"
                             ),
-                            records.encode_event(event, now),
+                            data,
                             timeout=self.publish_timeout,
                             headers={"Nats-Msg-Id": event.event_id},
                         )
@@ -772,22 +780,21 @@ class JetStreamLog:
 
             await self._change(sink, restart)
             (started.returned if revision else started.new).append(sink)
-        with contextlib.suppress(nats.js.errors.NoKeysError):
-            for key in await self._sinks_kv.keys():
-                sink = sink_of_key(key)
-                if sink in starts:
-                    continue
-                doc, _ = await self._read_doc(sink)
-                if doc.orphaned_at is None:
+        for key in await self._keys(self.names.sinks):
+            sink = sink_of_key(key)
+            if sink in starts:
+                continue
+            doc, _ = await self._read_doc(sink)
+            if doc.orphaned_at is None:
 
-                    def orphan(d: state.SinkDoc) -> None:
-                        d.orphaned_at = d.orphaned_at or now
+                def orphan(d: state.SinkDoc) -> None:
+                    d.orphaned_at = d.orphaned_at or now
 
-                    await self._change(sink, orphan)
-                    started.orphaned.append(sink)
-                    log.warning("sink in the log but no longer configured: it pins no event "
-                                "(relay sinks forget NAME removes its state)",
-                                extra={"sink": sink})  # fmt: skip
+                await self._change(sink, orphan)
+                started.orphaned.append(sink)
+                log.warning("sink in the log but no longer configured: it pins no event "
+                            "(relay sinks forget NAME removes its state)",
+                            extra={"sink": sink})  # fmt: skip
         return started
 
     def cursor(self, sink: str) -> int:
@@ -878,15 +885,38 @@ class JetStreamLog:
 
     # -- the operator --------------------------------------------------------------------------
 
+    async def _keys(self, bucket: str) -> list[str]:
+        """The live keys of a key-value bucket. Not nats-py's KeyValue.keys(): it decides
+        the listing is over from a consumer's pending count read beside the deliveries, and
+        on a busy machine answered no keys for a bucket holding one (a dead letter missing
+        from `relay dlq list`). Here each message's own pending count says when the last
+        key came."""
+        js = await self._ready()
+        stream = f"KV_{bucket}"
+        if not (await js.stream_info(stream)).state.messages:
+            return []
+        prefix = f"$KV.{bucket}."
+        sub = await js.subscribe(
+            prefix + ">", stream=stream, ordered_consumer=True, headers_only=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        )  # fmt: skip
+        keys = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=self.publish_timeout + READ_WAIT)
+                if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"):
+                    keys.append(msg.subject[len(prefix) :])
+                if msg.metadata.num_pending == 0:
+                    return keys
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     async def dead_records(self) -> list[tuple[str, records.DeadRecord]]:
         await self._ready()
         assert self._dead_kv is not None
-        try:
-            keys = await self._dead_kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
         out = []
-        for key in keys:
+        for key in await self._keys(self.names.dead):
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 entry = await self._dead_kv.get(key)
                 if entry.value:
@@ -909,14 +939,8 @@ class JetStreamLog:
 
     async def dead_letter_counts(self) -> dict[str, int]:
         """From the keys alone (`<sink key>.<seq>`): /metrics asks on every scrape."""
-        await self._ready()
-        assert self._dead_kv is not None
-        try:
-            keys = await self._dead_kv.keys()
-        except nats.js.errors.NoKeysError:
-            return {}
         counts: dict[str, int] = {}
-        for key in keys:
+        for key in await self._keys(self.names.dead):
             sink = sink_of_key(key.rpartition(".")[0])
             counts[sink] = counts.get(sink, 0) + 1
         return counts
@@ -926,12 +950,7 @@ class JetStreamLog:
         return int((await js.stream_info(self.names.quarantine)).state.messages)
 
     async def orphans(self) -> list[Orphan]:
-        await self._ready()
-        assert self._sinks_kv is not None
-        try:
-            keys = await self._sinks_kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        keys = await self._keys(self.names.sinks)
         counts = await self.dead_letter_counts()
         out = []
         for key in keys:
