@@ -316,6 +316,7 @@ async def test_an_event_over_the_servers_max_payload_is_refused_with_413_and_not
     stored either."""
     [relay] = replicas(1, RELAY_MAX_BODY="4MiB")
     await relay.start(timeout=60)
+    assert "RELAY_MAX_BODY is above the NATS servers' max_payload" in relay.logs()
     record = json.loads(minio_body("photos", "big.jpg", 1))["Records"][0]
     record["s3"]["object"]["userMetadata"] = {"X-Amz-Meta-Pad": "x" * (1536 * 1024)}
     small = json.loads(minio_body("photos", "small.jpg", 2))["Records"][0]

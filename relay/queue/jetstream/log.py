@@ -236,6 +236,10 @@ class JetStreamLog:
 
     async def _provision_once(self) -> None:
         nc = await connect(self.settings, f"s3-notify-relay {self.role} (open)")
+        if self.settings.max_body > nc.max_payload:
+            limits = {"max_body": self.settings.max_body, "max_payload": nc.max_payload}
+            log.warning("RELAY_MAX_BODY is above the NATS servers' max_payload: an event that "
+                        "large is refused with 413", extra=limits)  # fmt: skip
         try:
             js = nc.jetstream(timeout=OPEN_REQUEST_TIMEOUT)
             create = self.role != "ingest"
