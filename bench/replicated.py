@@ -10,7 +10,7 @@
   fresh event every 10 ms, to the replicas in turn): how long answers were not 2xx, how
   many, and whether every acknowledged event is still in the stream.
 - where is my event: `relay trace` of an object the load never posted, which reads every
-  event of each log (the replicated one: its newest 200 000 at most): events read per second,
+  event of each log (the replicated one: its newest 100 000 at most): events read per second,
   the replicated log's against the SQLite log's.
 - the duplicate window's memory: a server's RSS before and after `--ids` distinct
   `Nats-Msg-Id`s inside the window, per million ids; with one subject per id (how the

@@ -97,8 +97,8 @@ OPEN_TIMEOUT = 30.0
 SCAN_CHUNK = 5_000  # events read at a time by a search of the stream
 # events before a sink's cursor read for the stale check of a retry or a replay: the newest
 # of the object's events the sink has had are what make it stale, and an operator's command
-# should not read a stream of millions
-STALE_SCAN = 200_000
+# should not read a stream of millions (~5 000 events/s: relay/queue/jetstream/trace.py)
+STALE_SCAN = 100_000
 OPEN_REQUEST_TIMEOUT = 4.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 # what a full stream answers (discard new): JSStreamStoreFailedF with the limit's words
