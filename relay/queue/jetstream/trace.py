@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from relay.events import lane
+from relay.queue.jetstream.log import SEARCH_LIMIT
 from relay.queue.log import LogEntry
 from relay.queue.trace import (
     SINCE_SLACK,
@@ -30,10 +31,8 @@ if TYPE_CHECKING:
     from relay.queue.jetstream.log import JetStreamLog
     from relay.queue.jetstream.state import SinkDoc
 
-# events read, the newest, to find an object's events or an id without a subject of its own:
-# a trace read the stream at ~5 000 events/s on 2 cores (bench/replicated.py, 0.11x the
-# SQLite log), and an operator's command should answer in seconds, not minutes
-SCAN = 100_000
+# events read, the newest, to find an object's events or an id without a subject of its own
+SCAN = SEARCH_LIMIT
 
 
 class JetStreamSource:
